@@ -1,0 +1,178 @@
+"""The backbone adapter: a transformers causal LM whose layer loop the harness runs.
+
+An adapter names the library classes, the presets (config kwargs) and how to call one
+layer. Everything else (building on a device, loading a checkpoint, parameter counts,
+the cache, embedding and the head) is shared here. The loop itself lives in
+``bench.pipeline`` so that compressors can act between layers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bench.errors import UserError
+
+# Kinds of layer the harness knows about (compressors need to know where attention is).
+ATTENTION, MAMBA, MLP = "attention", "mamba", "mlp"
+
+
+@dataclass
+class LayerInput:
+    """What one call of a layer needs besides the hidden states, shared by all layers of a chunk.
+
+    positions: absolute positions (1-D, long) of the tokens in the chunk (rotary embeddings).
+    past_len: number of tokens already in this chunk's layer cache (causal-mask offset).
+    extras: adapter-specific tensors computed once per chunk (rotary cos/sin, masks).
+    """
+
+    positions: torch.Tensor
+    past_len: int
+    extras: dict[str, Any]
+
+
+def causal_mask(q_len: int, past_len: int, device) -> torch.Tensor | None:
+    """Boolean [1, 1, q, past+q] mask (True = attend) for a chunk that follows ``past_len`` cached tokens.
+
+    None when plain causal attention is right (no past, or one query token that sees everything),
+    which lets SDPA take its fast ``is_causal`` path exactly as the library's own forward does.
+    """
+    if past_len == 0 or q_len == 1:
+        return None
+    q = torch.arange(past_len, past_len + q_len, device=device)[:, None]
+    k = torch.arange(past_len + q_len, device=device)[None, :]
+    return (k <= q)[None, None]
+
+
+class Backbone:
+    """Base adapter. Subclasses set the class attributes and implement ``layer_kind``/``run_layer``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    family: ClassVar[str]  # the checkpoint's config.model_type
+    config_class: ClassVar[type]
+    model_class: ClassVar[type]
+    presets: ClassVar[dict[str, dict[str, Any]]]
+    attn_implementation: ClassVar[str | None] = "sdpa"  # None for attention-free models
+
+    def __init__(self, model: nn.Module, preset: str | None = None, checkpoint: str | None = None):
+        self.model = model.eval()
+        self.config = model.config
+        self.preset = preset
+        self.checkpoint = checkpoint
+
+    # --- construction ----------------------------------------------------------------
+    @classmethod
+    def make_config(cls, preset: str, **overrides):
+        if preset not in cls.presets:
+            raise UserError(f"unknown preset {preset!r} for {cls.name}; valid: {', '.join(cls.presets)}")
+        kwargs = {**cls.presets[preset], **overrides}
+        return cls._with_attention(cls.config_class(**kwargs))
+
+    @classmethod
+    def _with_attention(cls, config):
+        if cls.attn_implementation:
+            config._attn_implementation = cls.attn_implementation
+        return config
+
+    @classmethod
+    def build(cls, preset: str | None = "tiny", checkpoint: str | None = None, device="cpu",
+              dtype=torch.float32, seed: int = 0) -> "Backbone":
+        """Random weights in a preset's shape, or a local checkpoint of the same family."""
+        if checkpoint:
+            config = cls.check_checkpoint(checkpoint)
+            model = cls.model_class.from_pretrained(checkpoint, config=config, dtype=dtype, local_files_only=True)
+            return cls(model.to(device), checkpoint=str(checkpoint))
+        config = cls.make_config(preset)
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = cls.model_class(config)
+        model = model.to(dtype)
+        return cls(model, preset=preset)
+
+    @classmethod
+    def check_checkpoint(cls, checkpoint: str):
+        path = Path(checkpoint)
+        cfg_file = path / "config.json"
+        if not path.is_dir():
+            raise UserError(f"checkpoint directory not found: {checkpoint}")
+        if not cfg_file.is_file():
+            raise UserError(f"checkpoint {checkpoint} has no config.json")
+        try:
+            model_type = json.loads(cfg_file.read_text()).get("model_type")
+        except (OSError, ValueError) as exc:
+            raise UserError(f"checkpoint {checkpoint}: unreadable config.json ({exc})") from None
+        if model_type != cls.family:
+            raise UserError(f"checkpoint {checkpoint} is a {model_type!r} model; {cls.name} needs {cls.family!r}")
+        return cls._with_attention(cls.config_class.from_pretrained(checkpoint, local_files_only=True))
+
+    @classmethod
+    def param_count(cls, preset: str) -> int:
+        """Parameters of a preset, counted on the meta device (nothing allocated)."""
+        with torch.device("meta"):
+            model = cls.model_class(cls.make_config(preset))
+        return sum(p.numel() for p in model.parameters())
+
+    # --- pieces of the forward pass, used by bench.pipeline ------------------------------
+    @property
+    def decoder(self) -> nn.Module:
+        return self.model.base_model
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.decoder.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.lm_head.weight.dtype
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.config)
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder.norm_f(hidden)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head (float32 logits, as the library's Mamba2/NemotronH heads return)."""
+        hidden = self.final_norm(hidden)
+        return self.model.lm_head(hidden.to(self.model.lm_head.weight.dtype)).float()
+
+    def layer_kinds(self) -> list[str]:
+        return [self.layer_kind(i) for i in range(self.num_layers)]
+
+    def attention_layers(self) -> list[int]:
+        return [i for i in range(self.num_layers) if self.layer_kind(i) == ATTENTION]
+
+    def layer_input(self, positions: torch.Tensor, past_len: int) -> LayerInput:
+        """Per-chunk inputs shared by all layers (override to add rotary embeddings)."""
+        q_len = positions.shape[-1]
+        return LayerInput(positions, past_len, {"mask": causal_mask(q_len, past_len, positions.device)})
+
+    # --- to implement -------------------------------------------------------------------
+    def layer_kind(self, i: int) -> str:
+        raise NotImplementedError
+
+    def run_layer(self, i: int, hidden: torch.Tensor, cache, inp: LayerInput) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,68 @@
+"""Hybrid Mamba-2/Transformer backbone: transformers' NemotronHForCausalLM in TimeViper's layout."""
+
+from __future__ import annotations
+
+from transformers import NemotronHConfig, NemotronHForCausalLM
+
+from architectures import register_architecture
+from architectures.base import ATTENTION, MAMBA, MLP, Backbone, LayerInput
+
+# Nemotron-Nano-9B-v2: one character per block (M = Mamba-2, * = attention, - = MLP).
+PAPER_LAYOUT = "M-M-M-MM-M-M-M*-M-M-M*-M-M-M-M*-M-M-M-M*-M-MM-M-M-M-M-M-"
+_KIND = {"M": MAMBA, "*": ATTENTION, "-": MLP}
+
+
+def timeviper_layout(depth: int) -> str:
+    """The paper layout scaled to ``depth`` blocks.
+
+    At 56 blocks this is the published layout. Otherwise attention sits at the paper's
+    indices (14, 21, 30, 39 of 56) scaled to the depth, and the other blocks alternate
+    Mamba-2 and MLP starting with Mamba-2, as the published layout does almost everywhere.
+    """
+    n = len(PAPER_LAYOUT)
+    if depth == n:
+        return PAPER_LAYOUT
+    attn = {int(i * depth / n + 0.5) for i, c in enumerate(PAPER_LAYOUT) if c == "*"}
+    out, others = [], 0
+    for k in range(depth):
+        if k in attn:
+            out.append("*")
+        else:
+            out.append("M-"[others % 2])
+            others += 1
+    return "".join(out)
+
+
+_MAMBA_TINY = dict(mamba_num_heads=8, mamba_head_dim=16, ssm_state_size=16, n_groups=2, conv_kernel=4, expand=2)
+
+
+@register_architecture("hybrid")
+class Hybrid(Backbone):
+    """Hybrid Mamba-2/Transformer: NemotronH in TimeViper's layout (paper preset: Nemotron-Nano-9B-v2)."""
+
+    name = "hybrid"
+    description = "hybrid Mamba-2/Transformer: transformers' NemotronH, TimeViper layout"
+    family = "nemotron_h"
+    config_class = NemotronHConfig
+    model_class = NemotronHForCausalLM
+    presets = {
+        "tiny": dict(vocab_size=512, hidden_size=64, hybrid_override_pattern=timeviper_layout(14),
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=192,
+                     chunk_size=128, **_MAMBA_TINY),
+        "small": dict(vocab_size=4096, hidden_size=256, hybrid_override_pattern=timeviper_layout(14),
+                      num_attention_heads=8, num_key_value_heads=2, head_dim=32, intermediate_size=768,
+                      mamba_num_heads=16, mamba_head_dim=32, ssm_state_size=32, n_groups=2, conv_kernel=4,
+                      expand=2, chunk_size=128),
+        "paper": dict(vocab_size=131072, hidden_size=4480, hybrid_override_pattern=PAPER_LAYOUT,
+                      num_attention_heads=40, num_key_value_heads=8, head_dim=128, intermediate_size=15680,
+                      mamba_num_heads=128, mamba_head_dim=80, ssm_state_size=128, n_groups=8, conv_kernel=4,
+                      expand=2, chunk_size=128, max_position_embeddings=131072),
+    }
+
+    def layer_kind(self, i: int) -> str:
+        return {"linear_attention": MAMBA, "full_attention": ATTENTION, "mlp": MLP}[self.config.layers_block_type[i]]
+
+    def run_layer(self, i, hidden, cache, inp: LayerInput):
+        layer = self.layers[i]
+        mask = inp.extras["mask"] if layer.block_type == "full_attention" else None
+        return layer(hidden, past_key_values=cache, attention_mask=mask, use_cache=cache is not None)

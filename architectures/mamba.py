@@ -1,0 +1,38 @@
+"""Pure Mamba-2 backbone: transformers' Mamba2ForCausalLM."""
+
+from __future__ import annotations
+
+from transformers import Mamba2Config, Mamba2ForCausalLM
+
+from architectures import register_architecture
+from architectures.base import MAMBA, Backbone, LayerInput
+
+
+@register_architecture("mamba")
+class Mamba(Backbone):
+    """Pure Mamba-2 (paper preset: the hybrid's width and depth, every block a Mamba-2 mixer)."""
+
+    name = "mamba"
+    description = "pure Mamba-2: transformers' Mamba2"
+    family = "mamba2"
+    config_class = Mamba2Config
+    model_class = Mamba2ForCausalLM
+    attn_implementation = None
+    presets = {
+        "tiny": dict(vocab_size=512, hidden_size=64, num_hidden_layers=14, num_heads=8, head_dim=16, expand=2,
+                     state_size=16, n_groups=2, conv_kernel=4, chunk_size=128, tie_word_embeddings=False),
+        "small": dict(vocab_size=4096, hidden_size=256, num_hidden_layers=14, num_heads=16, head_dim=32,
+                      expand=2, state_size=32, n_groups=2, conv_kernel=4, chunk_size=128,
+                      tie_word_embeddings=False),
+        # Nemotron-Nano-9B-v2's width (4480), depth (56 blocks), state 128, 8 groups, head dim 80;
+        # Mamba2Config ties the inner width to expand x hidden = 8960, hence 112 heads.
+        "paper": dict(vocab_size=131072, hidden_size=4480, num_hidden_layers=56, num_heads=112, head_dim=80,
+                      expand=2, state_size=128, n_groups=8, conv_kernel=4, chunk_size=128,
+                      tie_word_embeddings=False),
+    }
+
+    def layer_kind(self, i: int) -> str:
+        return MAMBA
+
+    def run_layer(self, i, hidden, cache, inp: LayerInput):
+        return self.layers[i](hidden, cache_params=cache, attention_mask=None)

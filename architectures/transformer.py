@@ -1,0 +1,55 @@
+"""Pure Transformer backbone: transformers' Qwen3ForCausalLM."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from architectures import register_architecture
+from architectures.base import ATTENTION, Backbone, LayerInput, causal_mask
+
+_ATTN = dict(num_key_value_heads=2, head_dim=16, rope_theta=1e6, tie_word_embeddings=False)
+
+
+@register_architecture("transformer")
+class Transformer(Backbone):
+    """Pure Transformer: Qwen3 (paper preset: Qwen3-8B)."""
+
+    name = "transformer"
+    description = "pure Transformer: transformers' Qwen3"
+    family = "qwen3"
+    config_class = Qwen3Config
+    model_class = Qwen3ForCausalLM
+    # Depth ratio to the hybrid follows the paper's pair (36 attention layers vs 4 of 56 blocks).
+    presets = {
+        "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=192, num_hidden_layers=9,
+                     num_attention_heads=4, max_position_embeddings=1 << 20, **_ATTN),
+        "small": dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=9,
+                      num_attention_heads=8, num_key_value_heads=2, head_dim=32, rope_theta=1e6,
+                      tie_word_embeddings=False, max_position_embeddings=1 << 20),
+        "paper": dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                      num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=1e6,
+                      tie_word_embeddings=False, max_position_embeddings=40960, rms_norm_eps=1e-6),
+    }
+
+    def final_norm(self, hidden):
+        return self.decoder.norm(hidden)
+
+    def layer_kind(self, i: int) -> str:
+        return ATTENTION
+
+    def layer_input(self, positions: torch.Tensor, past_len: int) -> LayerInput:
+        dummy = torch.empty(0, dtype=self.dtype, device=positions.device)
+        cos, sin = self.decoder.rotary_emb(dummy, positions[None])
+        mask = causal_mask(positions.shape[-1], past_len, positions.device)
+        return LayerInput(positions, past_len, {"mask": mask, "rotary": (cos, sin)})
+
+    def run_layer(self, i, hidden, cache, inp: LayerInput):
+        return self.layers[i](
+            hidden,
+            attention_mask=inp.extras["mask"],
+            position_ids=inp.positions[None],
+            past_key_values=cache,
+            use_cache=cache is not None,
+            position_embeddings=inp.extras["rotary"],
+        )

@@ -1,0 +1,106 @@
+"""Prefill and decode as two plain functions over a backbone adapter.
+
+The harness owns the layer loop::
+
+    embed -> for each layer: [compressor hook] -> layer (in chunks) -> final norm -> LM head
+
+Chunked prefill runs *within each layer*: layer i sees the whole sequence, N tokens at a
+time, its attention KV cache or Mamba conv/SSM state carried from chunk to chunk, before
+layer i+1 starts. Activation memory is bounded by the chunk, and a compressor acting
+before layer l still sees the whole sequence there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from architectures.base import Backbone, LayerInput
+
+
+@dataclass
+class TokenState:
+    """The sequence as it flows through the layers during prefill.
+
+    hidden: [batch, length, hidden]; positions: [length] absolute positions of the tokens
+    still present; vision: the span of vision tokens in the current sequence (start, end).
+    A compressor hook may shorten all three consistently.
+    """
+
+    hidden: torch.Tensor
+    positions: torch.Tensor
+    vision: tuple[int, int] = (0, 0)
+    lengths: dict[int, int] = field(default_factory=dict)  # layer -> sequence length it processed
+
+
+@dataclass
+class Sequence:
+    """A prefilled request: the library cache and the position of the next token."""
+
+    cache: Any
+    next_position: int
+    length: int  # tokens that reached the last layer
+
+
+def _chunk_inputs(backbone: Backbone, positions: torch.Tensor, chunk: int | None) -> list[tuple[int, int, LayerInput]]:
+    length = positions.shape[0]
+    step = chunk if chunk and chunk < length else length
+    return [(s, min(s + step, length), backbone.layer_input(positions[s : s + step], past_len=s))
+            for s in range(0, length, step)]
+
+
+def _run_layer_chunked(backbone: Backbone, i: int, hidden: torch.Tensor, cache, chunks) -> torch.Tensor:
+    if len(chunks) == 1:
+        return backbone.run_layer(i, hidden, cache, chunks[0][2])
+    out = None
+    for start, end, inp in chunks:
+        piece = backbone.run_layer(i, hidden[:, start:end], cache, inp)
+        if out is None:
+            out = hidden.new_empty(hidden.shape, dtype=piece.dtype)
+        out[:, start:end] = piece
+    return out
+
+
+@torch.inference_mode()
+def prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, vision: tuple[int, int] = (0, 0),
+            chunk: int | None = None) -> tuple[torch.Tensor, Sequence]:
+    """Run the prompt embeddings through every layer; return last-position logits [batch, vocab]."""
+    length = embeds.shape[1]
+    cache = backbone.new_cache()
+    state = TokenState(embeds, torch.arange(length, device=embeds.device), vision)
+    hooked = compressor.llm_layers(backbone) if compressor is not None else ()
+    chunks = _chunk_inputs(backbone, state.positions, chunk)
+    for i in range(backbone.num_layers):
+        if i in hooked:
+            before = state.positions.shape[0]
+            compressor.before_layer(i, state, backbone, cache)
+            if state.positions.shape[0] != before:
+                chunks = _chunk_inputs(backbone, state.positions, chunk)
+        state.lengths[i] = state.positions.shape[0]
+        state.hidden = _run_layer_chunked(backbone, i, state.hidden, cache, chunks)
+    logits = backbone.logits(state.hidden[:, -1:])[:, -1]
+    return logits, Sequence(cache, next_position=length, length=state.positions.shape[0])
+
+
+@torch.inference_mode()
+def decode_step(backbone: Backbone, token_ids: torch.Tensor, seq: Sequence) -> torch.Tensor:
+    """One token per sequence ([batch, 1] ids) through the cache; returns logits [batch, vocab]."""
+    hidden = backbone.embed(token_ids)
+    positions = torch.tensor([seq.next_position], device=hidden.device)
+    inp = backbone.layer_input(positions, past_len=seq.length)  # one query token: attends to all
+    for i in range(backbone.num_layers):
+        hidden = backbone.run_layer(i, hidden, seq.cache, inp)
+    seq.next_position += 1
+    seq.length += 1
+    return backbone.logits(hidden)[:, -1]
+
+
+def greedy_generate(backbone: Backbone, embeds: torch.Tensor, new_tokens: int, **prefill_kwargs) -> torch.Tensor:
+    """Greedy decoding through the harness: ``new_tokens`` ids per sequence, [batch, new_tokens]."""
+    logits, seq = prefill(backbone, embeds, **prefill_kwargs)
+    tokens = [logits.argmax(-1, keepdim=True)]
+    for _ in range(new_tokens - 1):
+        tokens.append(decode_step(backbone, tokens[-1], seq).argmax(-1, keepdim=True))
+    return torch.cat(tokens, dim=1)
