@@ -1,0 +1,202 @@
+"""Clocks and memory meters. The device is synchronised before every clock read.
+
+Memory on CUDA: torch's peak allocated/reserved bytes and NVML's device-used bytes.
+Memory on CPU: the process's peak resident set (Linux VmHWM, reset per measurement
+through /proc/self/clear_refs) above a baseline taken before the model is built, so
+that a number means what it means on a GPU: what weights, activations and caches take.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import threading
+import time
+from contextlib import contextmanager
+
+import torch
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+class StageTimer:
+    """Accumulates wall time per named stage: ``with timer.stage("prefill_s"): ...``."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(self.device)
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+
+# --- CPU resident memory ------------------------------------------------------------------
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            m = re.search(rf"^{field}:\s+(\d+)\s+kB", f.read(), re.M)
+        return int(m.group(1)) if m else None
+    except OSError:
+        return None
+
+
+def rss_bytes() -> int:
+    kib = _status_kib("VmRSS")
+    if kib is not None:
+        return kib * 1024
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc), so a baseline is not inflated by old cells."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class _RssPeak:
+    """Peak RSS since the last reset: kernel high-water mark when resettable, else sampling."""
+
+    def __init__(self):
+        self._kernel = self._try_reset()
+        self._peak = 0
+        self._stop: threading.Event | None = None
+
+    @staticmethod
+    def _try_reset() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return _status_kib("VmHWM") is not None
+        except OSError:
+            return False
+
+    def reset(self) -> None:
+        if self._kernel:
+            self._try_reset()
+            return
+        self.stop()
+        self._peak = rss_bytes()
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, args=(self._stop,), daemon=True).start()
+
+    def _sample(self, stop: threading.Event) -> None:
+        while not stop.wait(0.002):
+            self._peak = max(self._peak, rss_bytes())
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
+
+    def peak(self) -> int:
+        if self._kernel:
+            return _status_kib("VmHWM") * 1024
+        return max(self._peak, rss_bytes())
+
+
+class MemoryMeter:
+    """``set_baseline()`` before building the model; ``reset()`` before a pass; ``read()`` after."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.cuda = device.startswith("cuda")
+        self.baseline = 0
+        self._rss = None if self.cuda else _RssPeak()
+        self._nvml_handle = None
+        self._nvml_peak = 0
+
+    def set_baseline(self) -> None:
+        if self.cuda:
+            torch.cuda.empty_cache()
+            self.baseline = torch.cuda.memory_allocated(self.device)
+            self._nvml_handle = _nvml_handle(self.device)
+        else:
+            release_free_memory()
+            self.baseline = rss_bytes()
+
+    def reset(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._nvml_peak = 0
+        else:
+            self._rss.reset()
+
+    def sample(self) -> None:
+        """Read NVML's device-used bytes now (it reports current use, not a peak)."""
+        if self._nvml_handle is not None:
+            import pynvml
+
+            self._nvml_peak = max(self._nvml_peak, pynvml.nvmlDeviceGetMemoryInfo(self._nvml_handle).used)
+
+    def read(self) -> dict:
+        """Peak since the last reset; ``peak_mem_bytes`` is the number tables and budgets use."""
+        if self.cuda:
+            self.sample()
+            allocated = torch.cuda.max_memory_allocated(self.device)
+            return {"peak_mem_bytes": allocated, "torch_peak_allocated_bytes": allocated,
+                    "torch_peak_reserved_bytes": torch.cuda.max_memory_reserved(self.device),
+                    "nvml_used_bytes": self._nvml_peak or None, "kind": "cuda"}
+        peak = self._rss.peak()
+        return {"peak_mem_bytes": max(0, peak - self.baseline), "rss_peak_bytes": peak,
+                "rss_baseline_bytes": self.baseline, "kind": "rss"}
+
+
+def _nvml_handle(device: str):
+    """NVML handle of the torch device (None when NVML is unavailable)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        index = torch.device(device).index
+        index = torch.cuda.current_device() if index is None else index
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible:
+            index = int(visible.split(",")[index])
+        return pynvml.nvmlDeviceGetHandleByIndex(index)
+    except Exception:
+        return None
+
+
+class BudgetWatchdog:
+    """Calls ``on_exceed(peak)`` from a thread when resident memory above baseline passes ``budget``.
+
+    Used in child-process probes so an over-budget run stops as soon as it crosses the line
+    instead of running to completion (or into the kernel's OOM killer).
+    """
+
+    def __init__(self, meter: MemoryMeter, budget: int, on_exceed, interval: float = 0.005):
+        self.meter, self.budget, self.on_exceed, self.interval = meter, budget, on_exceed, interval
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        threading.Thread(target=self._watch, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+    def _watch(self):
+        while not self._stop.wait(self.interval):
+            if self.meter.cuda:
+                used = torch.cuda.memory_allocated(self.meter.device)
+            else:
+                used = rss_bytes() - self.meter.baseline
+            if used > self.budget:
+                self.on_exceed(used)
+                return

@@ -1,0 +1,124 @@
+"""Result records: one JSON object per line, appended and flushed per cell.
+
+A process killed mid-write can leave a partial last line; readers skip it with a
+warning, and the next append starts on a fresh line so the damage never spreads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from functools import lru_cache
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, Iterator
+
+from bench.errors import UserError
+
+SCHEMA = 1
+
+
+@lru_cache(maxsize=None)
+def _commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: str) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        name = f"{_cpu_name()} ({os.cpu_count()} cpus, {torch.get_num_threads()} threads)"
+    return {
+        "device_name": name,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "kernels": {k: find_spec(k) is not None for k in ("mamba_ssm", "causal_conv1d", "flash_attn")},
+        "commit": _commit(),
+    }
+
+
+def make_record(spec: dict, env: dict, *, status: str = "ok", error: str | None = None,
+                metrics: dict | None = None, task: dict | None = None, **extra) -> dict:
+    return {"schema": SCHEMA, "status": status, "error": error, "spec": spec, "env": env,
+            "metrics": metrics or {}, "task": task or {"name": spec.get("task"), "metrics": {}, "n": 0}, **extra}
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail early, with one line, if results cannot be appended to ``path``."""
+    p = Path(path)
+    try:
+        if p.parent and not p.parent.exists():
+            p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "a"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write output {path}: {exc.strerror or exc}") from None
+
+
+def append_record(path: str | os.PathLike, record: dict) -> None:
+    """Append one line and force it to disk; never rewrite what is already there."""
+    line = json.dumps(record, default=str) + "\n"
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def iter_records(path: str | os.PathLike, *, warn: bool = True) -> Iterator[dict]:
+    """Records of a JSONL file; unparsable lines (e.g. cut by a crash) are skipped with a warning."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise UserError(f"results file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read results file {path}: {exc}") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if warn:
+                print(f"warning: {path}:{n}: skipping a line that is not valid JSON", file=sys.stderr)
+            continue
+        if isinstance(record, dict):
+            yield record
+
+
+def finished_keys(path: str | os.PathLike) -> set[tuple]:
+    """Spec keys of cells already measured (status ok or oom) in ``path``; errors are re-run."""
+    if not Path(path).exists():
+        return set()
+    return {spec_key(r["spec"]) for r in iter_records(path) if r.get("status") in ("ok", "oom") and "spec" in r}
+
+
+def spec_key(spec: dict) -> tuple:
+    return tuple(sorted((k, v) for k, v in spec.items()))
