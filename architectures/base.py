@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from architectures import attention
 from bench.errors import UserError
 
 # Kinds of layer the harness knows about (compressors need to know where attention is).
@@ -27,26 +28,14 @@ class LayerInput:
     """What one call of a layer needs besides the hidden states, shared by all layers of a chunk.
 
     positions: absolute positions (1-D, long) of the tokens in the chunk (rotary embeddings).
-    past_len: number of tokens already in this chunk's layer cache (causal-mask offset).
-    extras: adapter-specific tensors computed once per chunk (rotary cos/sin, masks).
+    past_len: number of tokens already in this chunk's layer cache. No mask is needed: a
+      chunk's queries sit at the end of its keys (see ``architectures.attention``).
+    extras: adapter-specific tensors computed once per chunk (rotary cos/sin).
     """
 
     positions: torch.Tensor
     past_len: int
     extras: dict[str, Any]
-
-
-def causal_mask(q_len: int, past_len: int, device) -> torch.Tensor | None:
-    """Boolean [1, 1, q, past+q] mask (True = attend) for a chunk that follows ``past_len`` cached tokens.
-
-    None when plain causal attention is right (no past, or one query token that sees everything),
-    which lets SDPA take its fast ``is_causal`` path exactly as the library's own forward does.
-    """
-    if past_len == 0 or q_len == 1:
-        return None
-    q = torch.arange(past_len, past_len + q_len, device=device)[:, None]
-    k = torch.arange(past_len + q_len, device=device)[None, :]
-    return (k <= q)[None, None]
 
 
 class Backbone:
@@ -58,7 +47,7 @@ class Backbone:
     config_class: ClassVar[type]
     model_class: ClassVar[type]
     presets: ClassVar[dict[str, dict[str, Any]]]
-    attn_implementation: ClassVar[str | None] = "sdpa"  # None for attention-free models
+    attn_implementation: ClassVar[str | None] = attention.NAME  # None for attention-free models
 
     def __init__(self, model: nn.Module, preset: str | None = None, checkpoint: str | None = None):
         self.model = model.eval()
@@ -167,8 +156,7 @@ class Backbone:
 
     def layer_input(self, positions: torch.Tensor, past_len: int) -> LayerInput:
         """Per-chunk inputs shared by all layers (override to add rotary embeddings)."""
-        q_len = positions.shape[-1]
-        return LayerInput(positions, past_len, {"mask": causal_mask(q_len, past_len, positions.device)})
+        return LayerInput(positions, past_len, {})
 
     # --- to implement -------------------------------------------------------------------
     def layer_kind(self, i: int) -> str:

@@ -63,6 +63,4 @@ class Hybrid(Backbone):
         return {"linear_attention": MAMBA, "full_attention": ATTENTION, "mlp": MLP}[self.config.layers_block_type[i]]
 
     def run_layer(self, i, hidden, cache, inp: LayerInput):
-        layer = self.layers[i]
-        mask = inp.extras["mask"] if layer.block_type == "full_attention" else None
-        return layer(hidden, past_key_values=cache, attention_mask=mask, use_cache=cache is not None)
+        return self.layers[i](hidden, past_key_values=cache, attention_mask=None, use_cache=cache is not None)

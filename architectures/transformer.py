@@ -6,7 +6,7 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from architectures import register_architecture
-from architectures.base import ATTENTION, Backbone, LayerInput, causal_mask
+from architectures.base import ATTENTION, Backbone, LayerInput
 
 _ATTN = dict(num_key_value_heads=2, head_dim=16, rope_theta=1e6, tie_word_embeddings=False)
 
@@ -41,13 +41,12 @@ class Transformer(Backbone):
     def layer_input(self, positions: torch.Tensor, past_len: int) -> LayerInput:
         dummy = torch.empty(0, dtype=self.dtype, device=positions.device)
         cos, sin = self.decoder.rotary_emb(dummy, positions[None])
-        mask = causal_mask(positions.shape[-1], past_len, positions.device)
-        return LayerInput(positions, past_len, {"mask": mask, "rotary": (cos, sin)})
+        return LayerInput(positions, past_len, {"rotary": (cos, sin)})
 
     def run_layer(self, i, hidden, cache, inp: LayerInput):
         return self.layers[i](
             hidden,
-            attention_mask=inp.extras["mask"],
+            attention_mask=None,
             position_ids=inp.positions[None],
             past_key_values=cache,
             use_cache=cache is not None,

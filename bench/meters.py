@@ -116,7 +116,7 @@ class MemoryMeter:
     def __init__(self, device: str):
         self.device = device
         self.cuda = device.startswith("cuda")
-        self.baseline = 0
+        self.baseline: int | None = None  # set by set_baseline()
         self._rss = None if self.cuda else _RssPeak()
         self._nvml_handle = None
         self._nvml_peak = 0
@@ -193,6 +193,8 @@ class BudgetWatchdog:
 
     def _watch(self):
         while not self._stop.wait(self.interval):
+            if self.meter.baseline is None:
+                continue
             if self.meter.cuda:
                 used = torch.cuda.memory_allocated(self.meter.device)
             else:

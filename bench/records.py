@@ -96,10 +96,9 @@ def iter_records(path: str | os.PathLike, *, warn: bool = True) -> Iterator[dict
     """Records of a JSONL file; unparsable lines (e.g. cut by a crash) are skipped with a warning."""
     try:
         text = Path(path).read_text()
-    except FileNotFoundError:
-        raise UserError(f"results file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read results file {path}: {exc}") from None
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise UserError(f"cannot read results file {path}: {reason}") from None
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue

@@ -59,7 +59,9 @@ class CellSpec:
 
     def key(self) -> tuple:
         """Identity of the cell, for --resume and for matching records."""
-        return tuple(sorted(self.to_dict().items()))
+        from bench.records import spec_key
+
+        return spec_key(self.to_dict())
 
     def replace(self, **changes) -> "CellSpec":
         return make_spec({**asdict(self), **changes})

@@ -19,6 +19,7 @@ from typing import Any
 from tabulate import tabulate
 
 from bench.errors import UserError
+from bench.records import iter_records
 
 MIB = 1024 * 1024
 
@@ -53,30 +54,11 @@ _ABSENT = object()
 def load_records(paths: list[str]) -> list[dict]:
     """Read JSON-lines result files, in order, into one list of records.
 
-    Empty lines and lines that are not a JSON object (e.g. a line cut short by a crash)
-    are skipped with a warning on stderr naming ``file:line``. A file that cannot be read
-    raises UserError, and so does finding no records at all.
+    Lines that are not a JSON object (e.g. a line cut short by a crash) are skipped with a
+    warning naming ``file:line``. A file that cannot be read raises UserError, and so does
+    finding no records at all.
     """
-    records: list[dict] = []
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                lines = handle.read().splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            raise UserError(f"cannot read results file {path}: {reason}") from exc
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                _warn(f"{path}:{number}: skipped line that is not valid JSON ({exc.msg})")
-                continue
-            if not isinstance(record, dict):
-                _warn(f"{path}:{number}: skipped line that is not a JSON object")
-                continue
-            records.append(record)
+    records = [record for path in paths for record in iter_records(path)]
     if not records:
         raise UserError(f"no records in {', '.join(paths) or 'no files given'}")
     return records
@@ -310,3 +292,26 @@ def _is_number(value: Any) -> bool:
 def _warn(message: str) -> None:
     """A warning on stderr."""
     print(f"warning: {message}", file=sys.stderr)
+
+
+SUMMARY_METRICS = ("input_tokens", "tokens_after_compression", "prefill_tok_s", "decode_tok_s", "ttft_s",
+                   "peak_mem_bytes")
+
+
+def summary(records: list[dict], metrics: tuple[str, ...] = SUMMARY_METRICS, fmt: str = "github") -> str:
+    """One line per record: the spec keys that vary between records, then the metrics.
+
+    This is what ``run`` and ``matrix`` print when they finish.
+    """
+    keys = [k for k in records[0].get("spec", {})
+            if len({_hashable(field(r, k)) for r in records}) > 1] or ["arch"]
+    header = keys + [METRICS[m][0] for m in metrics] + ["status"]
+    body = []
+    for r in records:
+        cells = [_text(field(r, k)) for k in keys]
+        for m in metrics:
+            value = _cell(r, m) if r.get("status") == "ok" else MISSING
+            cells.append(_format(value, METRICS[m][1]))
+        body.append(cells + [r.get("status", "?")])
+    return tabulate(body, header, tablefmt=fmt, disable_numparse=True,
+                    colalign=["left"] * len(keys) + ["right"] * len(metrics) + ["left"])

@@ -1,0 +1,198 @@
+"""The ``viperbench`` command line.
+
+Exit codes: 0 success, 1 a failed check or a failed cell, 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from bench.errors import CheckFailed, UserError
+
+# (flag, spec field, help). Each takes one value for `run`, comma lists for `matrix`.
+CELL_FLAGS = [
+    ("--arch", "arch", "backbone: transformer, mamba, hybrid or a plugin"),
+    ("--preset", "preset", "tiny | small | paper (random weights)"),
+    ("--checkpoint", "checkpoint", "local transformers checkpoint directory of the arch's family"),
+    ("--compressor", "compressor", "name:key=value,... (default none)"),
+    ("--frames", "frames", "video frames"),
+    ("--tokens-per-frame", "tokens_per_frame", "vision tokens per frame after ToMe (default 16)"),
+    ("--prompt-tokens", "prompt_tokens", "instruction tokens after the video (default 64)"),
+    ("--new-tokens", "new_tokens", "decode steps after the first token, no stop token (default 32)"),
+    ("--batch", "batch", "sequences per batch (default 1)"),
+    ("--vision", "vision", "synthetic (random vision embeddings) | siglip (SigLIP tower + ToMe + MLP)"),
+    ("--device", "device", "cpu | cuda | cuda:N (default cpu)"),
+    ("--dtype", "dtype", "float32 | bfloat16 | float16 (default float32 on cpu, bfloat16 on cuda)"),
+    ("--task", "task", "workload (default synthetic)"),
+    ("--prefill-chunk", "prefill_chunk", "run the prefill N tokens at a time within each layer"),
+    ("--memory-budget", "memory_budget", "e.g. 8GiB: a peak above it counts as OOM"),
+    ("--warmup", "warmup", "untimed passes first (default 1)"),
+    ("--repeats", "repeats", "timed passes; the record has their median and spread (default 3)"),
+    ("--seed", "seed", "random seed (default 0)"),
+]
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_cell_flags(p: argparse.ArgumentParser, lists: bool) -> None:
+    for flag, dest, help_ in CELL_FLAGS:
+        p.add_argument(flag, dest=dest, default=None, help=help_ + (" (comma list)" if lists else ""))
+
+
+def _cell_values(args) -> dict:
+    return {dest: getattr(args, dest) for _, dest, _ in CELL_FLAGS if getattr(args, dest) is not None}
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="viperbench", description="Benchmark long-video backbones and visual-token compressors.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("list", help="registered architectures, compressors and tasks")
+    p.add_argument("--json", action="store_true", help="also presets with parameter counts (meta device)")
+
+    p = sub.add_parser("run", help="measure one cell")
+    _add_cell_flags(p, lists=False)
+    p.add_argument("--output", help="append the record to this JSONL file")
+    p.add_argument("--launcher", default="inline", help="inline | process")
+
+    p = sub.add_parser("matrix", help="measure the cartesian product of settings")
+    p.add_argument("file", nargs="?", help="TOML file: each key a cell setting, a value or a list")
+    _add_cell_flags(p, lists=True)
+    p.add_argument("--output", help="append records to this JSONL file (flushed per cell)")
+    p.add_argument("--resume", action="store_true", help="skip cells already recorded in --output")
+    p.add_argument("--launcher", default="inline", help="inline | process")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("maxframes", help="largest frame count that fits (child process per probe)")
+    _add_cell_flags(p, lists=False)
+    p.add_argument("--start", type=int, default=16, help="first probe (default 16 frames)")
+    p.add_argument("--limit", type=int, default=1 << 20, help="stop doubling here (default 1048576)")
+    p.add_argument("--precision", type=float, default=1 / 32,
+                   help="stop when the gap is within this fraction of the fitting count (default 1/32)")
+    p.add_argument("--output", help="append the record to this JSONL file")
+
+    p = sub.add_parser("table", help="pivot records into a table")
+    p.add_argument("files", nargs="+", help="JSONL result files")
+    p.add_argument("--rows", default="arch", help="record keys for rows (comma list; default arch)")
+    p.add_argument("--cols", default="frames", help="record keys for columns (comma list; default frames)")
+    p.add_argument("--metric", default="prefill_tok_s", help="metric in the cells (default prefill_tok_s)")
+    p.add_argument("--format", default="github", help="github | latex | csv")
+    return parser
+
+
+def cmd_list(args) -> int:
+    from architectures import ARCHITECTURES
+    from compressors import COMPRESSORS
+    from tasks import TASKS
+
+    registries = {"architectures": ARCHITECTURES, "compressors": COMPRESSORS, "tasks": TASKS}
+    if not args.json:
+        for title, reg in registries.items():
+            print(f"{title}:")
+            for name, desc in reg.describe().items():
+                print(f"  {name:<14} {desc}")
+        return 0
+    out = {title: {name: {"description": desc} for name, desc in reg.describe().items()}
+           for title, reg in registries.items()}
+    for name, entry in out["architectures"].items():
+        arch = ARCHITECTURES.get(name)
+        entry["presets"] = {p: {"params": arch.param_count(p)} for p in getattr(arch, "presets", {})}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _finish(records: list[dict], output: str | None) -> int:
+    from bench.table import summary
+
+    if records:
+        print(summary(records))
+    if output:
+        print(f"records appended to {output}", file=sys.stderr)
+    return 1 if any(r["status"] == "error" for r in records) else 0
+
+
+def cmd_run(args) -> int:
+    from bench.launchers import LAUNCHERS
+    from bench.records import append_record, check_writable
+    from bench.spec import make_spec
+
+    spec = make_spec(_cell_values(args))
+    if args.launcher not in LAUNCHERS:
+        raise UserError(f"unknown launcher {args.launcher!r}; valid: {', '.join(LAUNCHERS)}")
+    if args.output:
+        check_writable(args.output)
+    record = LAUNCHERS[args.launcher](spec)
+    if args.output:
+        append_record(args.output, record)
+    return _finish([record], args.output)
+
+
+def cmd_matrix(args) -> int:
+    from bench.matrix import axes_from_flags, axes_from_toml, expand, run_matrix
+
+    values = _cell_values(args)
+    axes = axes_from_toml(args.file, values) if args.file else axes_from_flags(values)
+    cells = expand(axes)
+    records = run_matrix(cells, args.output, launcher=args.launcher, resume=args.resume,
+                         progress=not args.no_progress)
+    return _finish(records, args.output)
+
+
+def cmd_maxframes(args) -> int:
+    from bench.maxframes import search, summary_line
+    from bench.records import append_record, check_writable
+    from bench.spec import make_spec
+
+    if args.start <= 0 or args.limit < args.start:
+        raise UserError("--start must be positive and --limit at least --start")
+    if not 0 <= args.precision < 1:
+        raise UserError("--precision must be in [0, 1)")
+    spec = make_spec({"frames": args.start, **_cell_values(args)})
+    if args.output:
+        check_writable(args.output)
+
+    def show(probe):
+        peak = f"{probe['peak_mem_bytes'] / 2**20:.0f} MiB" if probe["peak_mem_bytes"] else "-"
+        print(f"  probe {probe['frames']:>8} frames: {probe['status']:<5} peak {peak}", file=sys.stderr)
+
+    record = search(spec, start=args.start, limit=args.limit, precision=args.precision, on_probe=show)
+    if args.output:
+        append_record(args.output, record)
+    print(summary_line(record))
+    return 0 if record["status"] == "ok" else 1
+
+
+def cmd_table(args) -> int:
+    from bench.table import load_records, render
+
+    records = load_records(args.files)
+    split = lambda s: [k.strip() for k in s.split(",") if k.strip()]  # noqa: E731
+    print(render(records, split(args.rows), split(args.cols), args.metric, fmt=args.format))
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "matrix": cmd_matrix, "maxframes": cmd_maxframes, "table": cmd_table}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"viperbench: error: {exc}", file=sys.stderr)
+        return 2
+    except CheckFailed as exc:
+        print(f"viperbench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("viperbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Comparison matrices: the cartesian product of spec axes, run cell by cell.
+
+Axes come from comma lists on the command line (``--arch transformer,mamba --frames 64,512``)
+or from a TOML file whose top-level keys are cell settings, each a value or a list::
+
+    arch = ["transformer", "mamba", "hybrid"]
+    preset = "small"
+    frames = [64, 512]
+    compressor = ["none", "uniform:layer=0,p=0.5"]
+
+Every cell is validated before the first one runs. Each record is appended and flushed as
+soon as its cell ends; ``--resume`` skips cells already recorded as ok or oom.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import sys
+import time
+
+from bench.errors import UserError
+from bench.records import append_record, check_writable, finished_keys, spec_key
+from bench.spec import FIELDS, CellSpec, make_spec
+
+
+def split_values(key: str, text) -> list:
+    """A comma list. Compressor specs keep their own ``key=value`` commas:
+    ``none,uniform:layer=7,p=0.5`` is two specs."""
+    if not isinstance(text, str):
+        return [text]
+    parts = [p.strip() for p in text.split(",")]
+    if key != "compressor":
+        return [p for p in parts if p]
+    specs: list[str] = []
+    for part in parts:
+        if specs and re.fullmatch(r"[A-Za-z_][\w.]*=.*", part) and ":" not in part.split("=", 1)[0]:
+            specs[-1] += "," + part
+        elif part:
+            specs.append(part)
+    return specs
+
+
+def expand(axes: dict[str, list]) -> list[CellSpec]:
+    """Cartesian product in the order the axes are given; every cell validated."""
+    for key, values in axes.items():
+        if not values:
+            raise UserError(f"empty list for {key}")
+    names = list(axes)
+    cells = [make_spec(dict(zip(names, combo))) for combo in itertools.product(*(axes[n] for n in names))]
+    seen, unique = set(), []
+    for cell in cells:
+        if cell.key() not in seen:
+            seen.add(cell.key())
+            unique.append(cell)
+    return unique
+
+
+def axes_from_flags(values: dict[str, object]) -> dict[str, list]:
+    return {k: split_values(k, v) for k, v in values.items() if v is not None}
+
+
+def axes_from_toml(path: str, overrides: dict[str, object] | None = None) -> dict[str, list]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"matrix file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"malformed matrix file {path}: {exc}") from None
+    data.pop("output", None)
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise UserError(f"{path}: unknown cell setting {unknown[0]!r}; valid: {', '.join(FIELDS)}")
+    axes = {k: v if isinstance(v, list) else [v] for k, v in data.items()}
+    axes.update(axes_from_flags(overrides or {}))
+    return axes
+
+
+def describe(spec: CellSpec) -> str:
+    name = f"{spec.arch}/{spec.checkpoint or spec.preset}"
+    extra = "" if spec.compressor == "none" else f" {spec.compressor}"
+    return f"{name}{extra} frames={spec.frames}"
+
+
+def one_line(record: dict) -> str:
+    m = record.get("metrics", {})
+    if record["status"] != "ok":
+        return f"{record['status']}: {record.get('error')}"
+    return (f"ok: prefill {m['prefill_tok_s']:.0f} tok/s, decode {m['decode_tok_s']:.1f} tok/s, "
+            f"TTFT {m['ttft_s']:.3f} s, peak {m['peak_mem_bytes'] / 2**20:.0f} MiB")
+
+
+def run_matrix(cells: list[CellSpec], output: str | None, *, launcher: str = "inline", resume: bool = False,
+               progress: bool = True) -> list[dict]:
+    """Run every cell, appending each record to ``output`` as it ends; returns this run's records."""
+    from tqdm import tqdm
+
+    from bench.launchers import LAUNCHERS
+
+    if launcher not in LAUNCHERS:
+        raise UserError(f"unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
+    if output:
+        check_writable(output)
+    done = finished_keys(output) if (resume and output) else set()
+    todo = [c for c in cells if spec_key(c.to_dict()) not in done]
+    if done:
+        print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already recorded in {output}",
+              file=sys.stderr)
+    run = LAUNCHERS[launcher]
+    records = []
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    try:
+        for cell in todo:
+            bar.set_description(describe(cell))
+            t0 = time.perf_counter()
+            record = run(cell)
+            record["wall_s"] = time.perf_counter() - t0
+            if output:
+                append_record(output, record)
+            records.append(record)
+            bar.update(1)
+            bar.write(f"[{bar.n}/{len(cells)}] {describe(cell)}: {one_line(record)}", file=sys.stderr)
+    finally:
+        bar.close()
+    return records

@@ -1,0 +1,76 @@
+"""Max frames: the largest frame count a backbone + compressor fits.
+
+Exponential search (start, 2x start, ...) up to the first OOM, then binary search between
+the last fit and the first OOM. Every probe is one cell in a fresh child process, so an
+OOM cannot poison the next probe. With a memory budget, a peak above it counts as OOM
+(on CPU: resident memory above the baseline taken just before the model is built).
+"""
+
+from __future__ import annotations
+
+import time
+
+from bench.launchers import run_process
+from bench.records import environment, make_record
+from bench.spec import CellSpec
+
+
+def _close_enough(lo: int, hi: int, precision: float) -> bool:
+    return hi - lo <= max(1, int(lo * precision))
+
+
+def search(spec: CellSpec, *, start: int = 16, limit: int = 1 << 20, precision: float = 1 / 32,
+           on_probe=None) -> dict:
+    """Search, then return the record: ``metrics`` hold max_frames, first_oom_frames and the probes."""
+    probes: list[dict] = []
+    t0 = time.perf_counter()
+
+    def fits(frames: int) -> bool | None:
+        record = run_process(spec.replace(frames=frames, warmup=0, repeats=1))
+        m = record.get("metrics", {})
+        probes.append({"frames": frames, "status": record["status"], "peak_mem_bytes": m.get("peak_mem_bytes"),
+                       "prefill_s": m.get("prefill_s"), "error": record.get("error")})
+        if on_probe:
+            on_probe(probes[-1])
+        return {"ok": True, "oom": False}.get(record["status"])  # None: the probe failed otherwise
+
+    lo, hi, frames, failed = 0, None, start, None
+    while frames <= limit:
+        ok = fits(frames)
+        if ok is None:
+            failed = probes[-1]
+            break
+        if not ok:
+            hi = frames
+            break
+        lo, frames = frames, frames * 2
+    while failed is None and hi is not None and not _close_enough(lo, hi, precision):
+        mid = (lo + hi) // 2
+        ok = fits(mid)
+        if ok is None:
+            failed = probes[-1]
+        elif ok:
+            lo = mid
+        else:
+            hi = mid
+    spec_dict = {**spec.to_dict(), "frames": None}
+    metrics = {"max_frames": lo, "first_oom_frames": hi, "probes": probes, "search_s": time.perf_counter() - t0,
+               "peak_mem_bytes": max((p["peak_mem_bytes"] or 0 for p in probes if p["status"] == "ok"), default=None),
+               "limit": limit}
+    if failed is not None:
+        return make_record(spec_dict, environment(spec.device), status="error", metrics=metrics,
+                           error=f"probe at {failed['frames']} frames failed: {failed['error']}", kind="maxframes")
+    return make_record(spec_dict, environment(spec.device), metrics=metrics, kind="maxframes")
+
+
+def summary_line(record: dict) -> str:
+    s, m = record["spec"], record["metrics"]
+    budget = f" under {s['memory_budget'] / 2**20:.0f} MiB" if s.get("memory_budget") else ""
+    chunk = f", prefill chunk {s['prefill_chunk']}" if s.get("prefill_chunk") else ""
+    oom = (f"first OOM at {m['first_oom_frames']}" if m["first_oom_frames"] is not None
+           else f"no OOM up to {m['limit']}")
+    head = f"{s['arch']}/{s['checkpoint'] or s['preset']} {s['compressor']}{chunk}"
+    if record["status"] != "ok":
+        return f"{head}: {record['status']}: {record['error']}"
+    return (f"{head}: max frames {m['max_frames']} ({oom}){budget}; "
+            f"{len(m['probes'])} probes in {m['search_s']:.0f} s")

@@ -1,0 +1,50 @@
+"""Child-process entry point: one cell from a JSON spec on stdin, its record on stdout.
+
+With a memory budget, a watchdog thread ends the cell as soon as memory above the
+baseline crosses the budget, printing an ``oom`` record first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from bench.errors import UserError
+from bench.launchers import RECORD_PREFIX
+from bench.meters import BudgetWatchdog, MemoryMeter
+from bench.records import environment, make_record
+from bench.runner import run_cell
+from bench.spec import make_spec
+
+
+def _emit(record: dict) -> None:
+    sys.stdout.write(RECORD_PREFIX + json.dumps(record, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> int:
+    try:
+        spec = make_spec(json.loads(sys.stdin.read()))
+    except (UserError, ValueError) as exc:
+        print(f"viperbench worker: {exc}", file=sys.stderr)
+        return 2
+    meter = MemoryMeter(spec.device)
+    if spec.memory_budget is None:
+        _emit(run_cell(spec, meter))
+        return 0
+    env = environment(spec.device)
+
+    def over_budget(used: int) -> None:
+        error = f"OverBudget: {used} B above the memory budget of {spec.memory_budget} B"
+        _emit(make_record(spec.to_dict(), env, status="oom", error=error,
+                          metrics={"peak_mem_bytes": used, "memory": {"peak_mem_bytes": used, "kind": "watchdog"}}))
+        os._exit(0)
+
+    with BudgetWatchdog(meter, spec.memory_budget, over_budget):
+        _emit(run_cell(spec, meter))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
