@@ -30,10 +30,12 @@ def _cpu_flash(query, key, value, causal: bool, scale):
 def lower_right_causal(query, key, value, scale=None, n_rep: int = 1) -> torch.Tensor:
     """Attention of ``q`` queries at the end of ``kv`` keys, each seeing its own and earlier keys.
 
-    query [b, h, q, d]; key/value [b, h/n_rep, kv, d] with kv > q. Returns [b, h, q, d].
+    query [b, h, q, d]; key/value [b, h/n_rep, kv, d] with kv >= q. Returns [b, h, q, d].
     """
     q_len, kv_len = query.shape[2], key.shape[2]
     past = kv_len - q_len
+    if past == 0:
+        return scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale, enable_gqa=n_rep > 1)
     if query.device.type != "cpu":
         from torch.nn.attention.bias import causal_lower_right
 
@@ -49,7 +51,8 @@ def lower_right_causal(query, key, value, scale=None, n_rep: int = 1) -> torch.T
 
 def viperbench_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     q_len, kv_len = query.shape[2], key.shape[2]
-    if attention_mask is not None or q_len == 1 or q_len == kv_len or dropout:
+    causal = getattr(module, "is_causal", True)
+    if attention_mask is not None or q_len == 1 or q_len == kv_len or dropout or not causal:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     out = lower_right_causal(query, key, value, scale=scaling, n_rep=getattr(module, "num_key_value_groups", 1))

@@ -93,9 +93,12 @@ class Backbone:
         if not cfg_file.is_file():
             raise UserError(f"checkpoint {checkpoint} has no config.json")
         try:
-            model_type = json.loads(cfg_file.read_text()).get("model_type")
+            raw = json.loads(cfg_file.read_text())
         except (OSError, ValueError) as exc:
             raise UserError(f"checkpoint {checkpoint}: unreadable config.json ({exc})") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"checkpoint {checkpoint}: config.json is not a JSON object")
+        model_type = raw.get("model_type")
         if model_type != cls.family:
             raise UserError(f"checkpoint {checkpoint} is a {model_type!r} model; {cls.name} needs {cls.family!r}")
         return cls._with_attention(cls.config_class.from_pretrained(checkpoint, local_files_only=True))

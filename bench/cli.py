@@ -35,6 +35,10 @@ CELL_FLAGS = [
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line, exit 2
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -192,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("viperbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `viperbench list --json | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -67,8 +67,9 @@ def summary_line(record: dict) -> str:
     s, m = record["spec"], record["metrics"]
     budget = f" under {s['memory_budget'] / 2**20:.0f} MiB" if s.get("memory_budget") else ""
     chunk = f", prefill chunk {s['prefill_chunk']}" if s.get("prefill_chunk") else ""
+    largest = max((p["frames"] for p in m["probes"]), default=0)
     oom = (f"first OOM at {m['first_oom_frames']}" if m["first_oom_frames"] is not None
-           else f"no OOM up to {m['limit']}")
+           else f"no OOM up to {largest}, the last probe below --limit {m['limit']}")
     head = f"{s['arch']}/{s['checkpoint'] or s['preset']} {s['compressor']}{chunk}"
     if record["status"] != "ok":
         return f"{head}: {record['status']}: {record['error']}"

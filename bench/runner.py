@@ -50,6 +50,15 @@ class Model:
     compressor: object
 
 
+def import_plugins(spec: CellSpec) -> None:
+    """Import every module the cell needs, so the memory baseline taken next excludes code."""
+    ARCHITECTURES.get(spec.arch)
+    TASKS.get(spec.task)
+    make_compressor(spec.compressor)
+    if spec.vision == "siglip":
+        import architectures.vision  # noqa: F401
+
+
 def build_model(spec: CellSpec) -> Model:
     dtype = getattr(torch, spec.resolved_dtype)
     backbone = ARCHITECTURES.get(spec.arch).build(spec.preset, spec.checkpoint, device=spec.device, dtype=dtype,
@@ -88,6 +97,7 @@ def one_pass(spec: CellSpec, model: Model, request, meter: MemoryMeter) -> dict:
             logits, seq = prefill(bb, embeds, compressor=model.compressor, vision=span, chunk=spec.prefill_chunk)
             del embeds
             token = logits.argmax(-1, keepdim=True)
+            kept = seq.length
         meter.sample()
         with timer.stage("decode_s"):
             for _ in range(spec.new_tokens):  # forced: no stop token
@@ -99,7 +109,7 @@ def one_pass(spec: CellSpec, model: Model, request, meter: MemoryMeter) -> dict:
     return {
         "input_tokens": input_tokens,
         "vision_tokens": n_vision,
-        "tokens_after_compression": seq.length - spec.new_tokens,
+        "tokens_after_compression": kept,
         "prefill_s": t["prefill_s"],
         "prefill_tok_s": batch * input_tokens / t["prefill_s"],
         "ttft_s": ttft,
@@ -132,6 +142,7 @@ def run_cell(spec: CellSpec, meter: MemoryMeter | None = None) -> dict:
     """Measure one cell and return its record. OOM and runtime failures become the record's status;
     only bad input (UserError) propagates."""
     env = environment(spec.device)
+    import_plugins(spec)
     meter = meter or MemoryMeter(spec.device)
     meter.set_baseline()
     model = None

@@ -16,7 +16,13 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 
 def parse_bytes(text: str | int | None) -> int | None:
     """``"8GiB"``, ``"512MiB"``, ``"1.5GB"`` or a plain number of bytes."""
-    if text is None or isinstance(text, int):
+    if text is None:
+        return None
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
+        raise UserError(f"malformed memory size {text!r}: expected e.g. 512MiB, 8GiB, 2GB")
+    if isinstance(text, int):
+        if text <= 0:
+            raise UserError(f"memory size must be positive: {text!r}")
         return text
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
@@ -83,6 +89,8 @@ def make_spec(values: dict[str, Any]) -> CellSpec:
     if v.get("memory_budget") is not None:
         v["memory_budget"] = parse_bytes(v["memory_budget"])
     for name in _INT_FIELDS:
+        if isinstance(v.get(name), bool):
+            raise UserError(f"{name} must be an integer, got {v[name]!r}")
         if v.get(name) is not None and not isinstance(v[name], int):
             try:
                 v[name] = int(str(v[name]))

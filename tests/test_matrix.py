@@ -1,0 +1,200 @@
+"""Comparison matrices: axes from flags or TOML, per-cell records, failures, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import bench.runner
+from bench.cli import main
+from bench.matrix import axes_from_flags, axes_from_toml, expand, split_values
+from bench.records import iter_records, spec_key
+
+REPO = Path(__file__).resolve().parents[1]
+# cheap cells; --frames is given per test
+SMALL = ["--preset", "tiny", "--prompt-tokens", "4", "--new-tokens", "2", "--warmup", "0", "--repeats", "1"]
+
+
+def lines_of(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+# --- axes ---------------------------------------------------------------------------------
+
+def test_split_values_compressor_keeps_its_commas():
+    assert split_values("compressor", "none,uniform:layer=7,p=0.5,td:schedule=a-b") == [
+        "none", "uniform:layer=7,p=0.5", "td:schedule=a-b"]
+    assert split_values("compressor", "none") == ["none"]
+    assert split_values("compressor", "a:x=1,y=2,b,c:z=3") == ["a:x=1,y=2", "b", "c:z=3"]
+    assert split_values("compressor", " none , uniform:p=0.5 ,") == ["none", "uniform:p=0.5"]
+
+
+def test_split_values_other_keys():
+    assert split_values("frames", "2,3, 64") == ["2", "3", "64"]
+    assert split_values("arch", "transformer,mamba,") == ["transformer", "mamba"]
+    # a key=value item is only glued to the previous one for compressors
+    assert split_values("task", "a,b=1") == ["a", "b=1"]
+    assert split_values("frames", 7) == [7]
+
+
+def test_expand_product_order_dedup_and_validation():
+    from bench.errors import UserError
+
+    cells = expand({"arch": ["transformer", "mamba"], "frames": ["2", "3", "2"], "preset": ["tiny"]})
+    assert [(c.arch, c.frames) for c in cells] == [("transformer", 2), ("transformer", 3), ("mamba", 2),
+                                                    ("mamba", 3)]
+    with pytest.raises(UserError, match="frames"):
+        expand({"arch": ["transformer"], "frames": ["2", "0"]})
+
+
+# --- a matrix from flags, resumed, and the same from TOML ---------------------------------
+
+def test_matrix_flags_resume_and_toml(tmp_path, capsys):
+    out = tmp_path / "m.jsonl"
+    argv = ["matrix", "--arch", "transformer,mamba", "--frames", "2,3", *SMALL, "--output", str(out),
+            "--no-progress"]
+    assert main(argv) == 0
+    stdout, stderr = capsys.readouterr()
+    assert "transformer" in stdout and "mamba" in stdout
+    assert stdout.count("| ok") == 4
+    assert "records appended to" in stderr
+    records = list(iter_records(out))
+    assert len(lines_of(out)) == 4
+    assert [(r["spec"]["arch"], r["spec"]["frames"]) for r in records] == [
+        ("transformer", 2), ("transformer", 3), ("mamba", 2), ("mamba", 3)]
+    assert all(r["status"] == "ok" and r["wall_s"] > 0 for r in records)
+    before = out.read_bytes()
+
+    assert main(argv + ["--resume"]) == 0
+    stdout, stderr = capsys.readouterr()
+    assert "4 of 4" in stderr
+    assert out.read_bytes() == before
+
+    toml = tmp_path / "m.toml"
+    toml.write_text('arch = ["transformer", "mamba"]\nframes = [2, 3]\npreset = "tiny"\nprompt_tokens = 4\n'
+                    'new_tokens = 2\nwarmup = 0\nrepeats = 1\noutput = "ignored.jsonl"\n')
+    toml_cells = [c.to_dict() for c in expand(axes_from_toml(str(toml)))]
+    assert toml_cells == [r["spec"] for r in records]
+    flag_axes = {"arch": "transformer,mamba", "frames": "2,3", "preset": "tiny", "prompt_tokens": "4",
+                 "new_tokens": "2", "warmup": "0", "repeats": "1"}
+    assert [c.to_dict() for c in expand(axes_from_flags(flag_axes))] == toml_cells
+    # the TOML matrix resumed against the same file finds every cell done
+    assert main(["matrix", str(toml), "--output", str(out), "--resume", "--no-progress"]) == 0
+    assert "4 of 4" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    # flags override the file's axes
+    override = expand(axes_from_toml(str(toml), {"arch": "hybrid"}))
+    assert [(c.arch, c.frames) for c in override] == [("hybrid", 2), ("hybrid", 3)]
+
+
+def test_resume_reruns_error_cells(tmp_path, capsys):
+    out = tmp_path / "m.jsonl"
+    argv = ["matrix", "--arch", "transformer", "--frames", "2", *SMALL, "--output", str(out), "--no-progress"]
+    spec = expand(axes_from_flags({"arch": "transformer", "frames": "2", "preset": "tiny", "prompt_tokens": "4",
+                                   "new_tokens": "2", "warmup": "0", "repeats": "1"}))[0].to_dict()
+    out.write_text(json.dumps({"schema": 1, "status": "error", "error": "x", "spec": spec}) + "\n")
+    assert main(argv + ["--resume"]) == 0
+    capsys.readouterr()
+    assert [r["status"] for r in iter_records(out)] == ["error", "ok"]
+
+
+# --- failures do not stop the matrix ------------------------------------------------------
+
+def test_failing_cell_does_not_stop_matrix(tmp_path, capsys, monkeypatch):
+    real = bench.runner.one_pass
+
+    def one_pass(spec, *args, **kwargs):
+        if spec.arch == "mamba":
+            raise RuntimeError("mamba exploded\nwith details")
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(bench.runner, "one_pass", one_pass)
+    out = tmp_path / "m.jsonl"
+    rc = main(["matrix", "--arch", "transformer,mamba,hybrid", "--frames", "2", *SMALL, "--output", str(out),
+               "--no-progress"])
+    assert rc == 1
+    stdout, _ = capsys.readouterr()
+    records = list(iter_records(out))
+    assert [(r["spec"]["arch"], r["status"]) for r in records] == [
+        ("transformer", "ok"), ("mamba", "error"), ("hybrid", "ok")]
+    error = records[1]["error"]
+    assert error == "RuntimeError: mamba exploded"
+    assert "error" in stdout and "hybrid" in stdout
+
+
+def test_oom_cell_does_not_stop_matrix(tmp_path, capsys):
+    out = tmp_path / "m.jsonl"
+    rc = main(["matrix", "--arch", "transformer", "--frames", "2", *SMALL, "--memory-budget", "1,4GiB",
+               "--output", str(out), "--no-progress"])
+    assert rc == 0  # an OOM is a result, not a failure
+    capsys.readouterr()
+    records = list(iter_records(out))
+    assert [(r["spec"]["memory_budget"], r["status"]) for r in records] == [(1, "oom"), (4 * 2**30, "ok")]
+    assert "OverBudget" in records[0]["error"]
+
+
+# --- real processes -----------------------------------------------------------------------
+
+def test_kill_mid_matrix_then_resume(tmp_path):
+    out = tmp_path / "m.jsonl"
+    cmd = [sys.executable, "-m", "bench.cli", "matrix", "--arch", "transformer,mamba,hybrid", "--frames", "2,3",
+           *SMALL, "--output", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and out.read_bytes().count(b"\n") >= 2:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the matrix ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    killed = out.read_bytes()
+    *complete, tail = killed.split(b"\n")
+    assert 2 <= len(complete) < 6
+    for line in complete:
+        assert json.loads(line)["status"] == "ok"
+    if tail:  # a line cut short: skipped when reading
+        with pytest.raises(ValueError):
+            json.loads(tail)
+    assert len(list(iter_records(out, warn=False))) == len(complete)
+
+    done = subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{len(complete)} of 6" in done.stderr
+    final = out.read_bytes()
+    prefix = b"".join(line + b"\n" for line in complete)
+    assert final.startswith(prefix)  # earlier records untouched, byte for byte
+    records = list(iter_records(out, warn=False))
+    ok = [spec_key(r["spec"]) for r in records if r["status"] == "ok"]
+    assert len(ok) == 6 and len(set(ok)) == 6
+    assert sorted({(r["spec"]["arch"], r["spec"]["frames"]) for r in records}) == [
+        ("hybrid", 2), ("hybrid", 3), ("mamba", 2), ("mamba", 3), ("transformer", 2), ("transformer", 3)]
+
+
+def test_process_launcher_matches_inline(tmp_path, capsys):
+    inline_out, process_out = tmp_path / "inline.jsonl", tmp_path / "process.jsonl"
+    argv = ["matrix", "--arch", "hybrid", "--frames", "2", *SMALL, "--no-progress"]
+    assert main(argv + ["--output", str(inline_out)]) == 0
+    assert main(argv + ["--output", str(process_out), "--launcher", "process"]) == 0
+    capsys.readouterr()
+    (inline,), (child,) = list(iter_records(inline_out)), list(iter_records(process_out))
+    assert child["status"] == "ok", child.get("error")
+    assert set(child) == set(inline)
+    assert child["spec"] == inline["spec"]
+    assert set(child["metrics"]) == set(inline["metrics"])
+    assert set(child["env"]) == set(inline["env"])
+    for key in ("input_tokens", "vision_tokens", "tokens_after_compression"):
+        assert child["metrics"][key] == inline["metrics"][key]
