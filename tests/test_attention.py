@@ -14,14 +14,6 @@ from architectures.attention import NAME, lower_right_causal, viperbench_sdpa
 BATCH, HEADS, DIM = 2, 4, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _qkv(q_len, kv_len, n_rep, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(BATCH, HEADS, q_len, DIM, generator=g)

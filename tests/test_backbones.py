@@ -28,15 +28,6 @@ ATOL, RTOL = 1e-5, 1e-4
 _BUILT: dict[str, object] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast, and far faster on a busy machine (no OpenMP spinning)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(params=ARCHS)
 def bb(request):
     """The tiny backbone of each arch, built once per session (tests only read it)."""

@@ -20,14 +20,6 @@ ARCHS = ["transformer", "mamba", "hybrid"]
 FAMILY = {"transformer": "qwen3", "mamba": "mamba2", "hybrid": "nemotron_h"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """name -> (original tiny backbone, its checkpoint directory)."""
