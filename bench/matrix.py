@@ -115,6 +115,7 @@ def run_matrix(cells: list[CellSpec], output: str | None, *, launcher: str = "in
     records = []
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
+    done_count = len(cells) - len(todo)
     try:
         for cell in todo:
             bar.set_description(describe(cell))
@@ -125,7 +126,8 @@ def run_matrix(cells: list[CellSpec], output: str | None, *, launcher: str = "in
                 append_record(output, record)
             records.append(record)
             bar.update(1)
-            bar.write(f"[{bar.n}/{len(cells)}] {describe(cell)}: {one_line(record)}", file=sys.stderr)
+            done_count += 1
+            bar.write(f"[{done_count}/{len(cells)}] {describe(cell)}: {one_line(record)}", file=sys.stderr)
     finally:
         bar.close()
     return records
