@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -83,6 +84,14 @@ class Backbone:
             model = cls.model_class(config)
         model = model.to(dtype)
         return cls(model, preset=preset)
+
+    @classmethod
+    @lru_cache(maxsize=16)
+    def skeleton(cls, preset: str | None = None, checkpoint: str | None = None) -> "Backbone":
+        """The backbone on the meta device (no memory): its structure, for validating plans."""
+        config = cls.check_checkpoint(checkpoint) if checkpoint else cls.make_config(preset)
+        with torch.device("meta"):
+            return cls(cls.model_class(config), preset=preset, checkpoint=checkpoint)
 
     @classmethod
     def check_checkpoint(cls, checkpoint: str):

@@ -158,7 +158,7 @@ class VisionSide(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.projector[0].weight.dtype
 
-    def _tower_features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def tower_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Embeddings and every encoder layer but the last: the raw second-to-last layer output."""
         hidden = self.tower.embeddings(pixels)
         for layer in self.tower.encoder.layers[:-1]:
@@ -171,14 +171,18 @@ class VisionSide(nn.Module):
             raise ValueError(f"frames must be [N, 3, {side}, {side}] for preset {self.preset!r}, "
                              f"got {tuple(frames.shape)}")
 
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+    def encode(self, frames: torch.Tensor, compressor=None) -> torch.Tensor:
         """[N, 3, H, W] frames -> [N, patches, vision_dim] second-to-last layer features.
 
-        Frames are moved to the model's device and dtype one batch of ``frame_batch`` at a time.
+        Frames are moved to the model's device and dtype one batch of ``frame_batch`` at a time,
+        in order. A compressor with a tower hook (e.g. STC-Cacher) encodes each batch instead.
         """
         self._check_frames(frames)
+        encode = self.tower_features
+        if compressor is not None and compressor.wants_tower_hook:
+            encode = lambda pixels: compressor.tower_features(self, pixels)  # noqa: E731
         out = [
-            self._tower_features(frames[i:i + self.frame_batch].to(self.device, self.dtype))
+            encode(frames[i:i + self.frame_batch].to(self.device, self.dtype))
             for i in range(0, frames.shape[0], self.frame_batch)
         ]
         if not out:
@@ -189,7 +193,7 @@ class VisionSide(nn.Module):
         """[N, patches, vision_dim] -> ToMe to ``tokens_per_frame`` -> MLP -> [N, tokens_per_frame, llm_hidden]."""
         return self.projector(tome_merge(feats, self.tokens_per_frame))
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, compressor=None) -> torch.Tensor:
         """``project(encode(frames))`` without gradients, one ``frame_batch`` at a time end to end.
 
         Merging and projection are per frame, so batching the whole path gives the same result
@@ -198,7 +202,7 @@ class VisionSide(nn.Module):
         self._check_frames(frames)
         with torch.inference_mode():
             out = [
-                self.project(self.encode(frames[i:i + self.frame_batch]))
+                self.project(self.encode(frames[i:i + self.frame_batch], compressor))
                 for i in range(0, frames.shape[0], self.frame_batch)
             ]
             if not out:

@@ -71,30 +71,36 @@ def build_model(spec: CellSpec) -> Model:
                             device=spec.device, seed=spec.seed)
     compressor = make_compressor(spec.compressor)
     compressor.check(backbone)
+    compressor.prepare(backbone)
     return Model(backbone, vision, compressor)
 
 
 def one_pass(spec: CellSpec, model: Model, request, meter: MemoryMeter) -> dict:
-    bb, timer = model.backbone, StageTimer(spec.device)
+    bb, timer, compressor = model.backbone, StageTimer(spec.device), model.compressor
     batch, n_vision = spec.batch, spec.frames * spec.tokens_per_frame
+    compressor.reset()
     with torch.inference_mode():
         with timer.stage("decode_video_s"):
             frames = request.frames
         with timer.stage("vision_s"):
+            shape = (batch, spec.frames, spec.tokens_per_frame, -1)
             if model.vision is not None:
-                flat = frames.flatten(0, 1)
-                vision = model.vision(flat).reshape(batch, n_vision, -1).to(bb.dtype)
+                videos = []
+                for video in frames:  # one video at a time: per-video state (e.g. STC references)
+                    compressor.new_video()
+                    videos.append(model.vision(video, compressor))
+                vision = torch.stack(videos).reshape(shape).to(bb.dtype)
             else:
                 gen = torch.Generator(device=spec.device).manual_seed(spec.seed)
-                vision = torch.randn(batch, n_vision, bb.hidden_size, generator=gen, device=spec.device,
+                vision = torch.randn(*shape[:3], bb.hidden_size, generator=gen, device=spec.device,
                                      dtype=bb.dtype) * 0.02
-            vision = model.compressor.after_projector(vision)
+            vision = compressor.after_projector(vision)
         with timer.stage("prefill_s"):
             bos = torch.full((batch, 1), request.bos_id, device=spec.device)
             embeds = torch.cat([bb.embed(bos), vision, bb.embed(request.prompt_ids)], dim=1)
             span = (1, 1 + vision.shape[1])
             del vision
-            logits, seq = prefill(bb, embeds, compressor=model.compressor, vision=span, chunk=spec.prefill_chunk)
+            logits, seq = prefill(bb, embeds, compressor=compressor, vision=span, chunk=spec.prefill_chunk)
             del embeds
             token = logits.argmax(-1, keepdim=True)
             kept = seq.length
@@ -117,12 +123,13 @@ def one_pass(spec: CellSpec, model: Model, request, meter: MemoryMeter) -> dict:
         "decode_tok_s": batch * spec.new_tokens / t["decode_s"],
         "e2e_tok_s": batch * (input_tokens + spec.new_tokens) / (ttft + t["decode_s"]),
         "stages": dict(t),
+        "compressor": compressor.report(),
     }
 
 
 def summarise(samples: list[dict], peaks: list[dict]) -> dict:
     """Median of the repeats for timings, with min/max/IQR spread; the largest memory peak."""
-    out = {k: v for k, v in samples[0].items() if k not in SUMMARISED and k != "stages"}
+    out = {k: v for k, v in samples[-1].items() if k not in SUMMARISED and k != "stages"}
     spread = {}
     for key in SUMMARISED:
         values = sorted(s[key] for s in samples)
@@ -167,7 +174,6 @@ def run_cell(spec: CellSpec, meter: MemoryMeter | None = None) -> dict:
                 samples.append(result)
                 peaks.append(peak)
         metrics = summarise(samples, peaks)
-        metrics["compressor"] = model.compressor.report()
         return make_record(spec.to_dict(), env, metrics=metrics)
     except UserError:
         raise

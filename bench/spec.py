@@ -120,9 +120,7 @@ def _validate(s: CellSpec) -> None:
     if not re.fullmatch(r"cpu|cuda(:\d+)?", s.device):
         raise UserError(f"unknown device {s.device!r}; valid: cpu, cuda, cuda:N")
     arch = ARCHITECTURES.get(s.arch)
-    if s.checkpoint:
-        arch.check_checkpoint(s.checkpoint)
-    elif s.preset not in arch.presets:
+    if not s.checkpoint and s.preset not in arch.presets:
         raise UserError(f"unknown preset {s.preset!r} for {s.arch}; valid: {', '.join(arch.presets)}")
-    make_compressor(s.compressor)
+    make_compressor(s.compressor).check(arch.skeleton(s.preset, s.checkpoint))
     TASKS.get(s.task)

@@ -1,19 +1,25 @@
 """The compressor interface: three hook points, all no-ops by default.
 
-1. ``in_tower``: inside the vision tower, per frame (e.g. STC-Cacher); the vision side
-   asks ``wants_tower_hook`` first.
-2. ``after_projector``: on the projected vision tokens, before the LLM (e.g. a pruner).
+1. ``tower_features``: inside the vision tower, on a batch of consecutive frames (e.g.
+   STC-Cacher); used when ``wants_tower_hook`` is true.
+2. ``after_projector``: on the projected vision tokens [batch, frames, tokens, hidden],
+   before the LLM (e.g. STC-Pruner, VisionZip); returns [batch, tokens', hidden].
 3. ``before_layer``: before LLM layer i on the whole prefill sequence (a
    ``bench.pipeline.TokenState``), for the layers in ``llm_layers``; it may shorten the
    sequence, keeping hidden states, positions and the vision span consistent.
 
-Each compressor reports what it did (tokens kept per stage, parameters added, its own
-time) through ``report``, which the runner puts in the record.
+Each compressor accounts for what it did during a pass (``record``: tokens in and out per
+stage, ``timed``: its own time) and reports it with the parameters it adds (``report``).
+The runner calls ``reset`` before every pass.
 """
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from typing import Any
+
+import torch
 
 from bench.errors import UserError
 from compressors import COMPRESSORS, register_compressor
@@ -29,15 +35,56 @@ class Compressor:
             valid = ", ".join(self.params) or "none"
             raise UserError(f"compressor {self.name!r} has no key {unknown[0]!r}; valid keys: {valid}")
         self.settings = {**self.params, **kwargs}
+        self.reset()
 
-    # hook 1: vision tower
+    # --- accounting ---------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the previous pass's accounting (and any per-video state)."""
+        self.stages: list[dict[str, Any]] = []
+        self.time_s = 0.0
+
+    def record(self, where: str, tokens_in: int, tokens_out: int, layer: int | None = None, **extra) -> None:
+        self.stages.append({"where": where, "layer": layer, "tokens_in": tokens_in, "tokens_out": tokens_out,
+                            **extra})
+
+    @contextmanager
+    def timed(self):
+        """Adds the wall time of the block to ``time_s`` (device synchronised at both ends)."""
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if cuda:
+                torch.cuda.synchronize()
+            self.time_s += time.perf_counter() - t0
+
+    def added_params(self) -> int:
+        """Parameters the compressor adds to the model (e.g. TransV's cross-attention)."""
+        return 0
+
+    def report(self) -> dict[str, Any]:
+        return {"spec": repr(self), "added_params": self.added_params(), "time_s": self.time_s,
+                "stages": list(self.stages)}
+
+    # --- hook 1: vision tower -------------------------------------------------------------
     wants_tower_hook = False
 
-    # hook 2: after the projector; vision tokens [batch, tokens, hidden]
-    def after_projector(self, vision: Any) -> Any:
-        return vision
+    def new_video(self) -> None:
+        """The next frames belong to a new video: drop per-video state (not the accounting)."""
 
-    # hook 3: before LLM layers
+    def tower_features(self, vision_side, pixels: torch.Tensor) -> torch.Tensor:
+        """[n, 3, H, W] consecutive frames -> [n, patches, dim] tower features."""
+        return vision_side.tower_features(pixels)
+
+    # --- hook 2: after the projector --------------------------------------------------------
+    def after_projector(self, vision: torch.Tensor) -> torch.Tensor:
+        """[batch, frames, tokens, hidden] -> [batch, tokens', hidden]."""
+        return vision.flatten(1, 2)
+
+    # --- hook 3: before LLM layers -----------------------------------------------------------
     def llm_layers(self, backbone) -> frozenset[int]:
         return frozenset()
 
@@ -45,16 +92,34 @@ class Compressor:
         pass
 
     def check(self, backbone) -> None:
-        """Raise UserError if this compressor cannot act on ``backbone`` as configured."""
+        """Raise UserError if this compressor cannot act on ``backbone`` as configured (structure only)."""
 
-    def report(self) -> dict[str, Any]:
-        return {"added_params": 0, "stages": []}
+    def prepare(self, backbone) -> None:
+        """Build what the compressor adds to ``backbone`` (weights on its device and dtype)."""
 
     def __repr__(self) -> str:
         return format_spec(self.name, self.settings)
 
 
 register_compressor("none")(Compressor)
+
+
+def check_rate(name: str, key: str, p: Any) -> float:
+    """A drop rate: the fraction of the vision tokens present that is removed, in [0, 1)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise UserError(f"compressor {name!r}: {key}={p!r} must be a drop rate in [0, 1)")
+    return float(p)
+
+
+def check_count(name: str, key: str, n: Any, minimum: int = 1) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < minimum:
+        raise UserError(f"compressor {name!r}: {key}={n!r} must be an integer >= {minimum}")
+    return n
+
+
+def kept_count(n: int, p: float) -> int:
+    """How many of ``n`` tokens survive drop rate ``p`` (at least one)."""
+    return max(1, min(n, int(n * (1.0 - p) + 0.5)))
 
 
 def _parse_value(text: str) -> Any:

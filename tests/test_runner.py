@@ -67,7 +67,7 @@ def test_cell_per_arch(arch_record):
     check_ok_record(r)
     m = r["metrics"]
     assert m["repeats"] == 1
-    assert m["compressor"] == {"added_params": 0, "stages": []}
+    assert m["compressor"] == {"spec": "none", "added_params": 0, "time_s": 0.0, "stages": []}
     assert m["memory"]["kind"] == "rss" and m["memory"]["peak_mem_bytes"] == m["peak_mem_bytes"]
     assert r["task"]["name"] == "synthetic"
 
