@@ -29,13 +29,13 @@ class LayerInput:
     """What one call of a layer needs besides the hidden states, shared by all layers of a chunk.
 
     positions: absolute positions (1-D, long) of the tokens in the chunk (rotary embeddings).
-    past_len: number of tokens already in this chunk's layer cache. No mask is needed: a
-      chunk's queries sit at the end of its keys (see ``architectures.attention``).
     extras: adapter-specific tensors computed once per chunk (rotary cos/sin).
+
+    No attention mask is needed: a chunk's queries always sit at the end of its layer's keys
+    (see ``architectures.attention``).
     """
 
     positions: torch.Tensor
-    past_len: int
     extras: dict[str, Any]
 
 
@@ -166,9 +166,9 @@ class Backbone:
     def attention_layers(self) -> list[int]:
         return [i for i in range(self.num_layers) if self.layer_kind(i) == ATTENTION]
 
-    def layer_input(self, positions: torch.Tensor, past_len: int) -> LayerInput:
+    def layer_input(self, positions: torch.Tensor) -> LayerInput:
         """Per-chunk inputs shared by all layers (override to add rotary embeddings)."""
-        return LayerInput(positions, past_len, {})
+        return LayerInput(positions, {})
 
     # --- to implement -------------------------------------------------------------------
     def layer_kind(self, i: int) -> str:

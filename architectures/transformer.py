@@ -38,10 +38,10 @@ class Transformer(Backbone):
     def layer_kind(self, i: int) -> str:
         return ATTENTION
 
-    def layer_input(self, positions: torch.Tensor, past_len: int) -> LayerInput:
+    def layer_input(self, positions: torch.Tensor) -> LayerInput:
         dummy = torch.empty(0, dtype=self.dtype, device=positions.device)
         cos, sin = self.decoder.rotary_emb(dummy, positions[None])
-        return LayerInput(positions, past_len, {"rotary": (cos, sin)})
+        return LayerInput(positions, {"rotary": (cos, sin)})
 
     def run_layer(self, i, hidden, cache, inp: LayerInput):
         return self.layers[i](

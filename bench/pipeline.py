@@ -12,7 +12,7 @@ before layer l still sees the whole sequence there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,7 +32,6 @@ class TokenState:
     hidden: torch.Tensor
     positions: torch.Tensor
     vision: tuple[int, int] = (0, 0)
-    lengths: dict[int, int] = field(default_factory=dict)  # layer -> sequence length it processed
 
 
 @dataclass
@@ -47,7 +46,7 @@ class Sequence:
 def _chunk_inputs(backbone: Backbone, positions: torch.Tensor, chunk: int | None) -> list[tuple[int, int, LayerInput]]:
     length = positions.shape[0]
     step = chunk if chunk and chunk < length else length
-    return [(s, min(s + step, length), backbone.layer_input(positions[s : s + step], past_len=s))
+    return [(s, min(s + step, length), backbone.layer_input(positions[s : s + step]))
             for s in range(0, length, step)]
 
 
@@ -78,7 +77,6 @@ def prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, vision
             compressor.before_layer(i, state, backbone, cache)
             if state.positions.shape[0] != before:
                 chunks = _chunk_inputs(backbone, state.positions, chunk)
-        state.lengths[i] = state.positions.shape[0]
         state.hidden = _run_layer_chunked(backbone, i, state.hidden, cache, chunks)
     logits = backbone.logits(state.hidden[:, -1:])[:, -1]
     return logits, Sequence(cache, next_position=length, length=state.positions.shape[0])
@@ -89,7 +87,7 @@ def decode_step(backbone: Backbone, token_ids: torch.Tensor, seq: Sequence) -> t
     """One token per sequence ([batch, 1] ids) through the cache; returns logits [batch, vocab]."""
     hidden = backbone.embed(token_ids)
     positions = torch.tensor([seq.next_position], device=hidden.device)
-    inp = backbone.layer_input(positions, past_len=seq.length)  # one query token: attends to all
+    inp = backbone.layer_input(positions)
     for i in range(backbone.num_layers):
         hidden = backbone.run_layer(i, hidden, seq.cache, inp)
     seq.next_position += 1

@@ -82,7 +82,7 @@ def _last_token_attention(backbone, j: int, hidden: torch.Tensor, positions: tor
     k = attn.k_proj(normed).view(b, length, -1, hd)
     if hasattr(attn, "q_norm"):  # Qwen3: per-head norms, then rotary embeddings
         q, k = attn.q_norm(q), attn.k_norm(k)
-        inp = backbone.layer_input(positions, 0)
+        inp = backbone.layer_input(positions)
         cos, sin = inp.extras["rotary"]
         from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
 

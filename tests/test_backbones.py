@@ -226,8 +226,8 @@ def test_sequence_bookkeeping(bb):
     assert seq.length == length + 2 and seq.next_position == length + 2
 
 
-def test_token_state_lengths_recorded_per_layer(bb):
-    """With a no-op compressor hooked at every layer, TokenState.lengths has every layer at full length."""
+def test_hook_at_every_layer_sees_the_whole_sequence(bb):
+    """A no-op compressor hooked at every layer sees the full sequence and positions, and changes nothing."""
     from compressors.base import Compressor
 
     seen = {}
@@ -239,15 +239,14 @@ def test_token_state_lengths_recorded_per_layer(bb):
             return frozenset(range(backbone.num_layers))
 
         def before_layer(self, i, state, backbone, cache):
-            seen[i] = (state.hidden.shape[1], state.positions.tolist(), dict(state.lengths))
+            seen[i] = (state.hidden.shape[1], state.positions.tolist())
 
     length = 20
     ids = _ids(length, seed=8)
     logits, seq = prefill(bb, bb.embed(ids), compressor=Probe())
     assert sorted(seen) == list(range(bb.num_layers))
-    for i, (hid_len, positions, lengths) in seen.items():
+    for hid_len, positions in seen.values():
         assert hid_len == length and positions == list(range(length))
-        assert lengths == {j: length for j in range(i)}
     assert (seq.length, seq.next_position) == (length, length)
     plain, _ = prefill(bb, bb.embed(ids))
     torch.testing.assert_close(logits, plain, atol=0, rtol=0)

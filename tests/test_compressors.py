@@ -194,7 +194,7 @@ def test_attention_scores_are_the_layers_own_attention(arch):
     positions = torch.arange(emb.shape[1])
     ours = _last_token_attention(bb, j, emb, positions)
     normed = (layer.input_layernorm if arch == "transformer" else layer.norm)(emb)
-    kwargs = {"position_embeddings": bb.layer_input(positions, 0).extras["rotary"]} if arch == "transformer" else {}
+    kwargs = {"position_embeddings": bb.layer_input(positions).extras["rotary"]} if arch == "transformer" else {}
     before = bb.config._attn_implementation
     bb.config._attn_implementation = "eager"
     try:
