@@ -71,6 +71,8 @@ def build_parser() -> Parser:
     p.add_argument("--resume", action="store_true", help="skip cells already recorded in --output")
     p.add_argument("--launcher", default="inline", help="inline | process")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--interleave", action="store_true",
+                   help="build every cell, then measure round by round (for ratios between cells, e.g. CI gates)")
 
     p = sub.add_parser("maxframes", help="largest frame count that fits (child process per probe)")
     _add_cell_flags(p, lists=False)
@@ -79,6 +81,26 @@ def build_parser() -> Parser:
     p.add_argument("--precision", type=float, default=1 / 32,
                    help="stop when the gap is within this fraction of the fitting count (default 1/32)")
     p.add_argument("--output", help="append the record to this JSONL file")
+
+    p = sub.add_parser("compare", help="regression gate: a new run against a baseline (exit 1 on regression)")
+    p.add_argument("new", help="JSONL records of the new run")
+    p.add_argument("--baseline", required=True, help="JSONL records of the baseline")
+    p.add_argument("--tolerance", default="10%", help="allowed timing regression (default 10%%)")
+    p.add_argument("--memory-tolerance", default="5%", help="allowed peak-memory / max-frames regression (default 5%%)")
+    p.add_argument("--reference", help="gate timings relative to this in-run cell, e.g. arch=transformer")
+    p.add_argument("--only-regressions", action="store_true", help="print only the rows that fail")
+
+    p = sub.add_parser("plot", help="a figure from records (PNG or PDF by the file suffix)")
+    p.add_argument("files", nargs="+", help="JSONL result files")
+    p.add_argument("--kind", default="xy", help="xy | throughput | memory | maxframes | probes | pareto (default xy)")
+    p.add_argument("--x", default="frames", help="x key for xy plots (default frames)")
+    p.add_argument("--y", default="prefill_tok_s", help="metric for xy plots (default prefill_tok_s)")
+    p.add_argument("--series", help="keys that make one line each (comma list; default: the keys that vary)")
+    p.add_argument("--out", default="figure.png", help="output file, .png or .pdf (default figure.png)")
+
+    p = sub.add_parser("report", help="every table and figure for a run, with an index.md")
+    p.add_argument("files", nargs="+", help="JSONL result files")
+    p.add_argument("--out", required=True, help="output directory")
 
     p = sub.add_parser("table", help="pivot records into a table")
     p.add_argument("files", nargs="+", help="JSONL result files")
@@ -143,7 +165,7 @@ def cmd_matrix(args) -> int:
     axes = axes_from_toml(args.file, values) if args.file else axes_from_flags(values)
     cells = expand(axes)
     records = run_matrix(cells, args.output, launcher=args.launcher, resume=args.resume,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, interleave=args.interleave)
     return _finish(records, args.output)
 
 
@@ -171,16 +193,62 @@ def cmd_maxframes(args) -> int:
     return 0 if record["status"] == "ok" else 1
 
 
+def cmd_compare(args) -> int:
+    from bench.compare import compare, parse_percent, parse_reference, render_rows
+    from bench.records import iter_records
+
+    rows = compare(list(iter_records(args.new)), list(iter_records(args.baseline)),
+                   tolerance=parse_percent(args.tolerance), memory_tolerance=parse_percent(args.memory_tolerance),
+                   reference=parse_reference(args.reference))
+    bad = [r for r in rows if r.verdict == "REGRESSION"]
+    print(render_rows(bad if args.only_regressions else rows))
+    if bad:
+        raise CheckFailed(f"{len(bad)} regression(s) against {args.baseline}")
+    print(f"no regressions against {args.baseline} ({len(rows)} checks)")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from bench import plots
+    from bench.table import load_records
+
+    records = load_records(args.files)
+    kinds = {
+        "xy": lambda out: plots.plot_xy(records, args.x, args.y, out,
+                                        series=_split(args.series) if args.series else None),
+        "throughput": lambda out: plots.plot_throughput(records, out, x=args.x, metric=args.y),
+        "memory": lambda out: plots.plot_memory(records, out, x=args.x),
+        "maxframes": lambda out: plots.plot_max_frames(records, out),
+        "probes": lambda out: plots.plot_probes(records, out),
+        "pareto": lambda out: plots.plot_pareto(records, out),
+    }
+    if args.kind not in kinds:
+        raise UserError(f"unknown plot kind {args.kind!r}; valid: {', '.join(kinds)}")
+    print(kinds[args.kind](args.out))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from bench.report import write_report
+
+    print(write_report(args.files, args.out))
+    return 0
+
+
+def _split(text: str) -> list[str]:
+    return [k.strip() for k in text.split(",") if k.strip()]
+
+
 def cmd_table(args) -> int:
     from bench.table import load_records, render
 
     records = load_records(args.files)
-    split = lambda s: [k.strip() for k in s.split(",") if k.strip()]  # noqa: E731
-    print(render(records, split(args.rows), split(args.cols), args.metric, fmt=args.format))
+    print(render(records, _split(args.rows), _split(args.cols), args.metric, fmt=args.format))
     return 0
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "matrix": cmd_matrix, "maxframes": cmd_maxframes, "table": cmd_table}
+COMMANDS = {"list": cmd_list, "run": cmd_run, "matrix": cmd_matrix, "maxframes": cmd_maxframes, "table": cmd_table,
+            "compare": cmd_compare, "plot": cmd_plot, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,14 +96,20 @@ def one_line(record: dict) -> str:
 
 
 def run_matrix(cells: list[CellSpec], output: str | None, *, launcher: str = "inline", resume: bool = False,
-               progress: bool = True) -> list[dict]:
-    """Run every cell, appending each record to ``output`` as it ends; returns this run's records."""
+               progress: bool = True, interleave: bool = False) -> list[dict]:
+    """Run every cell, appending each record to ``output`` as it ends; returns this run's records.
+
+    With ``interleave``, all cells are built in this process and measured round by round
+    (``bench.runner.run_interleaved``): the setting for ratios between cells, e.g. a CI gate.
+    """
     from tqdm import tqdm
 
     from bench.launchers import LAUNCHERS
 
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
+    if interleave and launcher != "inline":
+        raise UserError("--interleave runs every cell in this process: use it with --launcher inline")
     if output:
         check_writable(output)
     done = finished_keys(output) if (resume and output) else set()
@@ -113,6 +119,19 @@ def run_matrix(cells: list[CellSpec], output: str | None, *, launcher: str = "in
               file=sys.stderr)
     run = LAUNCHERS[launcher]
     records = []
+    if interleave:
+        from bench.runner import run_interleaved
+
+        def keep(record):
+            if output:
+                append_record(output, record)
+            records.append(record)
+            print(f"[{len(records)}/{len(todo)}] {describe(make_spec(record['spec']))}: {one_line(record)}",
+                  file=sys.stderr)
+
+        print(f"interleaving {len(todo)} cells", file=sys.stderr)
+        run_interleaved(todo, on_record=keep)
+        return records
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     done_count = len(cells) - len(todo)

@@ -130,6 +130,14 @@ class MemoryMeter:
             release_free_memory()
             self.baseline = rss_bytes()
 
+    def rebase(self, resident: int) -> None:
+        """Baseline = usage now minus ``resident`` bytes (e.g. the model's own weights), so that a
+        peak counts those bytes plus whatever the next pass adds, whatever else is resident."""
+        if not self.cuda:
+            release_free_memory()
+        used = torch.cuda.memory_allocated(self.device) if self.cuda else rss_bytes()
+        self.baseline = used - resident
+
     def reset(self) -> None:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -149,7 +157,7 @@ class MemoryMeter:
         if self.cuda:
             self.sample()
             allocated = torch.cuda.max_memory_allocated(self.device)
-            return {"peak_mem_bytes": allocated, "torch_peak_allocated_bytes": allocated,
+            return {"peak_mem_bytes": max(0, allocated - self.baseline), "torch_peak_allocated_bytes": allocated,
                     "torch_peak_reserved_bytes": torch.cuda.max_memory_reserved(self.device),
                     "nvml_used_bytes": self._nvml_peak or None, "kind": "cuda"}
         peak = self._rss.peak()

@@ -132,10 +132,10 @@ def summarise(samples: list[dict], peaks: list[dict]) -> dict:
     out = {k: v for k, v in samples[-1].items() if k not in SUMMARISED and k != "stages"}
     spread = {}
     for key in SUMMARISED:
-        values = sorted(s[key] for s in samples)
+        values = [s[key] for s in samples]  # in measurement order (rounds, when interleaved)
         out[key] = statistics.median(values)
         q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-        spread[key] = {"min": values[0], "max": values[-1], "iqr": q[2] - q[0], "values": values}
+        spread[key] = {"min": min(values), "max": max(values), "iqr": q[2] - q[0], "values": values}
     out["stages"] = {k: statistics.median(s["stages"][k] for s in samples) for k in samples[0]["stages"]}
     peak = max(peaks, key=lambda p: p["peak_mem_bytes"])
     out["peak_mem_bytes"] = peak["peak_mem_bytes"]
@@ -145,50 +145,130 @@ def summarise(samples: list[dict], peaks: list[dict]) -> dict:
     return out
 
 
-def run_cell(spec: CellSpec, meter: MemoryMeter | None = None) -> dict:
-    """Measure one cell and return its record. OOM and runtime failures become the record's status;
-    only bad input (UserError) propagates."""
-    env = environment(spec.device)
-    import_plugins(spec)
-    meter = meter or MemoryMeter(spec.device)
-    meter.set_baseline()
-    model = None
-    peaks: list[dict] = []
-    try:
-        meter.reset()
-        model = build_model(spec)
+def model_bytes(model: Model) -> int:
+    """Bytes of the weights and buffers a cell's model holds (backbone, vision side, compressor)."""
+    modules = [model.backbone.model, model.vision, getattr(model.compressor, "cross", None)]
+    return sum(t.numel() * t.element_size() for m in modules if m is not None
+               for t in (*m.parameters(), *m.buffers()))
+
+
+class CellRun:
+    """One cell across its passes: the model, the request, and the measured samples and peaks."""
+
+    def __init__(self, spec: CellSpec, meter: MemoryMeter | None = None):
+        self.spec = spec
+        self.env = environment(spec.device)
+        import_plugins(spec)
+        self.meter = meter or MemoryMeter(spec.device)
+        self.model: Model | None = None
+        self.samples: list[dict] = []
+        self.peaks: list[dict] = []
+
+    def build(self) -> None:
+        spec = self.spec
+        self.model = build_model(spec)
+        bb = self.model.backbone
         task = TASKS.get(spec.task)(seed=spec.seed)
-        bb = model.backbone
-        request = task.request(batch=spec.batch, frames=spec.frames, prompt_tokens=spec.prompt_tokens,
-                               vocab_size=bb.config.vocab_size, device=spec.device, dtype=bb.dtype,
-                               image_size=model.vision.image_size if model.vision else None)
-        samples = []
-        for r in range(spec.warmup + spec.repeats):
-            if r > 0:
-                meter.reset()
-            result = one_pass(spec, model, request, meter)
-            peak = meter.read()
-            if spec.memory_budget is not None and peak["peak_mem_bytes"] > spec.memory_budget:
-                raise OverBudget(f"peak {peak['peak_mem_bytes']} B above budget {spec.memory_budget} B")
-            if r >= spec.warmup:
-                samples.append(result)
-                peaks.append(peak)
-        metrics = summarise(samples, peaks)
-        return make_record(spec.to_dict(), env, metrics=metrics)
-    except UserError:
-        raise
-    except BaseException as exc:  # noqa: BLE001 - a cell's failure is its result
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+        self.request = task.request(batch=spec.batch, frames=spec.frames, prompt_tokens=spec.prompt_tokens,
+                                    vocab_size=bb.config.vocab_size, device=spec.device, dtype=bb.dtype,
+                                    image_size=self.model.vision.image_size if self.model.vision else None)
+
+    def measure(self, keep: bool) -> None:
+        """One pass; its timings and memory peak are kept unless it is a warm-up."""
+        result = one_pass(self.spec, self.model, self.request, self.meter)
+        peak = self.meter.read()
+        budget = self.spec.memory_budget
+        if budget is not None and peak["peak_mem_bytes"] > budget:
+            raise OverBudget(f"peak {peak['peak_mem_bytes']} B above budget {budget} B")
+        if keep:
+            self.samples.append(result)
+            self.peaks.append(peak)
+
+    def record(self, **extra) -> dict:
+        return make_record(self.spec.to_dict(), self.env, metrics=summarise(self.samples, self.peaks), **extra)
+
+    def failure(self, exc: BaseException) -> dict:
+        """The record of a cell that raised: status oom or error, with a one-line message."""
         status = "oom" if _is_oom(exc) else "error"
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
         if status == "error":
-            traceback.print_exc(file=sys.stderr)
-        peak = meter.read() if status == "oom" else None
+            traceback.print_exception(exc, file=sys.stderr)
+        peak = self.meter.read() if status == "oom" else None
         metrics = {"peak_mem_bytes": peak["peak_mem_bytes"], "memory": peak} if peak else {}
-        return make_record(spec.to_dict(), env, status=status, error=message[:500], metrics=metrics)
-    finally:
-        del model
-        if spec.device.startswith("cuda"):
+        return make_record(self.spec.to_dict(), self.env, status=status, error=message[:500], metrics=metrics)
+
+    def close(self) -> None:
+        self.model = self.request = None
+        if self.spec.device.startswith("cuda"):
             torch.cuda.empty_cache()
         release_free_memory()
+
+
+def run_cell(spec: CellSpec, meter: MemoryMeter | None = None) -> dict:
+    """Measure one cell and return its record. OOM and runtime failures become the record's status;
+    only bad input (UserError) propagates."""
+    run = CellRun(spec, meter)
+    run.meter.set_baseline()
+    try:
+        run.meter.reset()
+        run.build()
+        for r in range(spec.warmup + spec.repeats):
+            if r > 0:
+                run.meter.reset()
+            run.measure(keep=r >= spec.warmup)
+        return run.record()
+    except (UserError, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a cell's failure is its result
+        return run.failure(exc)
+    finally:
+        run.close()
+
+
+def run_interleaved(specs: list[CellSpec], on_record=None) -> list[dict]:
+    """Measure cells round by round: every cell's pass r runs before any cell's pass r+1.
+
+    Slow phases of a shared machine then hit every cell of a round alike, so ratios between
+    cells of one round (``bench.compare``) are robust. All models stay resident; a pass's
+    memory is its peak above the usage just before it, plus the bytes of that cell's model.
+    Each record has ``"interleaved": true`` and its timings per round in
+    ``metrics.spread.<metric>.values``. A failing cell drops out with its record.
+    """
+    runs = [CellRun(spec) for spec in specs]
+    records: list[dict | None] = [None] * len(runs)
+    weights: list[int] = [0] * len(runs)
+
+    def fail(k: int, exc: BaseException) -> None:
+        if isinstance(exc, (UserError, KeyboardInterrupt)):
+            raise exc
+        records[k] = runs[k].failure(exc)
+        runs[k].close()
+        if on_record:
+            on_record(records[k])
+
+    for k, run in enumerate(runs):
+        try:
+            run.meter.set_baseline()
+            run.build()
+            weights[k] = model_bytes(run.model)
+        except BaseException as exc:  # noqa: BLE001
+            fail(k, exc)
+    rounds = max(s.warmup + s.repeats for s in specs)
+    for r in range(rounds):
+        for k, run in enumerate(runs):
+            spec = run.spec
+            if records[k] is not None or r >= spec.warmup + spec.repeats:
+                continue
+            try:
+                run.meter.rebase(weights[k])
+                run.meter.reset()
+                run.measure(keep=r >= spec.warmup)
+            except BaseException as exc:  # noqa: BLE001
+                fail(k, exc)
+    for k, run in enumerate(runs):
+        if records[k] is None:
+            records[k] = run.record(interleaved=True)
+            run.close()
+            if on_record:
+                on_record(records[k])
+    return records

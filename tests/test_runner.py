@@ -48,7 +48,7 @@ def check_ok_record(r: dict, *, frames=2, tokens_per_frame=16, prompt_tokens=4, 
     assert m["stages"]["prefill_s"] == pytest.approx(m["prefill_s"])
     # throughputs follow from the timings, repeat by repeat
     spread = m["spread"]
-    per_repeat = sorted(m["input_tokens"] * batch / s for s in spread["prefill_s"]["values"])
+    per_repeat = [m["input_tokens"] * batch / s for s in spread["prefill_s"]["values"]]
     assert per_repeat == pytest.approx(spread["prefill_tok_s"]["values"], rel=1e-9)
     if m["repeats"] % 2:  # odd: the median maps through the monotone relation
         assert m["prefill_tok_s"] == pytest.approx(m["input_tokens"] * batch / m["prefill_s"], rel=1e-9)
@@ -79,7 +79,8 @@ def test_repeats_spread():
     assert m["repeats"] == 3
     for key in TIMINGS:
         s = m["spread"][key]
-        assert len(s["values"]) == 3 and s["values"] == sorted(s["values"])
+        assert len(s["values"]) == 3  # in measurement order
+        assert s["min"] == min(s["values"]) and s["max"] == max(s["values"])
         assert s["min"] <= statistics.median(s["values"]) == m[key] <= s["max"]
         assert s["iqr"] >= 0
 
