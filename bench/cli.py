@@ -108,6 +108,8 @@ def build_parser() -> Parser:
     p.add_argument("--cols", default="frames", help="record keys for columns (comma list; default frames)")
     p.add_argument("--metric", default="prefill_tok_s", help="metric in the cells (default prefill_tok_s)")
     p.add_argument("--format", default="github", help="github | latex | csv")
+    p.add_argument("--preset", help="paper-shaped table: efficiency | table1 (ignores --rows/--cols/--metric)")
+    p.add_argument("--reference", help="with --preset: show each row's change against this row, e.g. compressor=none")
     return parser
 
 
@@ -243,6 +245,12 @@ def cmd_table(args) -> int:
     from bench.table import load_records, render
 
     records = load_records(args.files)
+    if args.preset:
+        from bench import paper_tables
+        from bench.compare import parse_reference
+
+        print(paper_tables.render(records, args.preset, fmt=args.format, reference=parse_reference(args.reference)))
+        return 0
     print(render(records, _split(args.rows), _split(args.cols), args.metric, fmt=args.format))
     return 0
 
