@@ -62,14 +62,14 @@ def build_parser() -> Parser:
     p = sub.add_parser("run", help="measure one cell")
     _add_cell_flags(p, lists=False)
     p.add_argument("--output", help="append the record to this JSONL file")
-    p.add_argument("--launcher", default="inline", help="inline | process")
+    p.add_argument("--launcher", default="inline", help="inline | process | ray (see bench/ray_launcher.py)")
 
     p = sub.add_parser("matrix", help="measure the cartesian product of settings")
     p.add_argument("file", nargs="?", help="TOML file: each key a cell setting, a value or a list")
     _add_cell_flags(p, lists=True)
     p.add_argument("--output", help="append records to this JSONL file (flushed per cell)")
     p.add_argument("--resume", action="store_true", help="skip cells already recorded in --output")
-    p.add_argument("--launcher", default="inline", help="inline | process")
+    p.add_argument("--launcher", default="inline", help="inline | process | ray (see bench/ray_launcher.py)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--interleave", action="store_true",
                    help="build every cell, then measure round by round (for ratios between cells, e.g. CI gates)")

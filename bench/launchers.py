@@ -48,4 +48,11 @@ def run_process(spec: CellSpec, timeout: float | None = None) -> dict:
     return make_record(spec.to_dict(), environment(spec.device), status=status, error=error)
 
 
-LAUNCHERS = {"inline": run_inline, "process": run_process}
+def run_ray(spec: CellSpec) -> dict:
+    """A Ray task per cell (bench.ray_launcher); ray is imported only when this launcher runs."""
+    from bench.ray_launcher import run_ray as _run_ray
+
+    return _run_ray(spec)
+
+
+LAUNCHERS = {"inline": run_inline, "process": run_process, "ray": run_ray}

@@ -1,0 +1,211 @@
+"""Launchers: inline, process (child deaths become records) and ray (a Ray task per cell).
+
+The Ray tests share one local Ray (2 CPUs) started for this module and shut down after it;
+they are skipped when ray is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bench.launchers
+from bench.cli import main
+from bench.errors import UserError
+from bench.launchers import LAUNCHERS, run_process
+from bench.records import iter_records
+from bench.spec import make_spec
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"arch": "hybrid", "preset": "tiny", "frames": 2, "prompt_tokens": 4, "new_tokens": 2, "warmup": 0,
+        "repeats": 1}
+TOKENS = ("input_tokens", "vision_tokens", "tokens_after_compression")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_spec(TINY)
+
+
+# --- process launcher: a dead child is a record, not an exception ------------------------------
+
+def _fake_child(monkeypatch, returncode: int, stdout: str = "", stderr: str = ""):
+    """The cell's child (`python -m bench.worker`) ends as given; other subprocesses (git) run."""
+    real_run = subprocess.run
+
+    def fake_run(args, **kwargs):
+        if list(args[1:]) != ["-m", "bench.worker"]:
+            return real_run(args, **kwargs)
+        assert json.loads(kwargs["input"])["arch"] == "hybrid"
+        return subprocess.CompletedProcess(args, returncode, stdout=stdout, stderr=stderr)
+
+    monkeypatch.setattr(bench.launchers.subprocess, "run", fake_run)
+
+
+def test_process_child_killed_is_oom(monkeypatch, tiny):
+    _fake_child(monkeypatch, -9)
+    record = run_process(tiny)
+    assert record["status"] == "oom"
+    assert "SIGKILL" in record["error"] and "\n" not in record["error"]
+    assert record["spec"] == tiny.to_dict()
+
+
+def test_process_child_exit_1_is_error_naming_last_stderr_line(monkeypatch, tiny):
+    _fake_child(monkeypatch, 1, stdout="some output\n",
+                stderr="Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: boom\n")
+    record = run_process(tiny)
+    assert record["status"] == "error"
+    assert record["error"] == "child process exited with code 1: ValueError: boom"
+
+
+def test_process_child_record_line_wins(monkeypatch, tiny):
+    line = bench.launchers.RECORD_PREFIX + json.dumps({"status": "ok", "spec": tiny.to_dict()})
+    _fake_child(monkeypatch, 0, stdout=f"noise\n{line}\n")
+    assert run_process(tiny)["status"] == "ok"
+
+
+def test_launchers_import_without_ray():
+    """`import bench.launchers` neither needs nor imports ray; using the ray launcher without
+    ray installed is a one-line UserError."""
+    code = (
+        "import sys\n"
+        "import bench.launchers as l\n"
+        "assert 'ray' not in sys.modules, 'bench.launchers imported ray'\n"
+        "assert 'ray' in l.LAUNCHERS\n"
+        "sys.modules['ray'] = None  # as if ray were not installed\n"
+        "from bench.errors import UserError\n"
+        "from bench.spec import CellSpec\n"
+        f"spec = CellSpec(**{TINY!r})\n"
+        "try:\n"
+        "    l.LAUNCHERS['ray'](spec)\n"
+        "except UserError as exc:\n"
+        "    print('USERERROR', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "USERERROR the ray launcher needs ray: pip install 'viperbench[distributed]'" in out.stdout
+
+
+# --- ray launcher --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    from bench import ray_launcher
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in (ray_launcher.ENV_ADDRESS, ray_launcher.ENV_ACCELERATOR):
+            mp.delenv(name, raising=False)
+        mp.setenv(ray_launcher.ENV_NUM_CPUS, "2")
+        try:
+            ray_launcher.init_ray()  # the launcher's own lazy init: a local Ray with 2 CPUs
+            assert ray.cluster_resources()["CPU"] == 2
+            yield ray
+        finally:
+            ray.shutdown()
+            ray_launcher.shutdown()
+
+
+def test_task_options(monkeypatch, tiny):
+    from bench import ray_launcher  # importable without ray: ray is imported when Ray is used
+
+    monkeypatch.delenv(ray_launcher.ENV_ACCELERATOR, raising=False)
+    cpu = ray_launcher.task_options(tiny)
+    assert cpu["num_cpus"] == 1 and "num_gpus" not in cpu and "accelerator_type" not in cpu
+    monkeypatch.setenv(ray_launcher.ENV_ACCELERATOR, "H100")
+    gpu = ray_launcher.task_options(tiny.replace(device="cuda:1"))
+    assert gpu["num_gpus"] == 1 and gpu["accelerator_type"] == "H100" and "num_cpus" not in gpu
+
+
+def test_inline_process_ray_agree(ray_local, tiny):
+    from bench.ray_launcher import collect, submit
+
+    ref = submit(tiny)  # LAUNCHERS["ray"] is collect(submit(spec)): the Ray cell runs meanwhile
+    records = {name: LAUNCHERS[name](tiny) for name in ("inline", "process")}
+    records["ray"] = collect(ref, tiny)
+    for name, record in records.items():
+        assert record["status"] == "ok", (name, record.get("error"))
+        assert record["spec"] == tiny.to_dict(), name
+        assert {k: record["metrics"][k] for k in TOKENS} == {k: records["inline"]["metrics"][k] for k in TOKENS}
+    launcher = records["ray"]["launcher"]
+    assert launcher["name"] == "ray" and launcher["node"] and launcher["node_id"]
+    json.dumps(records["ray"])  # JSON-serialisable as returned by the task
+
+
+def test_ray_memory_budget_is_oom(ray_local, tiny):
+    record = LAUNCHERS["ray"](tiny.replace(memory_budget=1))
+    assert record["status"] == "oom"
+    assert record["launcher"]["name"] == "ray"
+
+
+def test_ray_run_many_keeps_order(ray_local, tiny):
+    from bench.ray_launcher import run_many
+
+    specs = [tiny.replace(frames=f) for f in (3, 1, 2)]
+    records = run_many(specs)
+    assert [r["status"] for r in records] == ["ok"] * 3
+    assert [r["spec"] for r in records] == [s.to_dict() for s in specs]
+
+
+def test_ray_task_failures_become_records(ray_local, tiny):
+    from bench.ray_launcher import collect
+
+    ray = ray_local
+
+    def boom():
+        raise ValueError("boom\nsecond line")
+
+    record = collect(ray.remote(boom).remote(), tiny)
+    assert record["status"] == "error" and record["spec"] == tiny.to_dict()
+    assert record["error"] == "ray task failed: RayTaskError(ValueError): boom"
+    assert record["launcher"]["name"] == "ray"
+
+    record = collect(ray.remote(max_retries=0)(lambda: os._exit(1)).remote(), tiny)
+    assert record["status"] == "error"
+    assert record["error"].startswith("ray task failed: WorkerCrashedError: ") and "\n" not in record["error"]
+
+
+def test_ray_unschedulable_cell_fails_fast_on_local_ray(ray_local, tiny, monkeypatch):
+    from bench import ray_launcher
+
+    with pytest.raises(UserError, match="no Ray node offers a GPU"):
+        LAUNCHERS["ray"](tiny.replace(device="cuda"))
+    monkeypatch.setenv(ray_launcher.ENV_ACCELERATOR, "H100")
+    with pytest.raises(UserError, match="accelerator type 'H100'"):
+        LAUNCHERS["ray"](tiny)
+
+
+def test_cli_matrix_with_ray_launcher(ray_local, tmp_path):
+    out = tmp_path / "m.jsonl"
+    code = main(["matrix", "--arch", "transformer,hybrid", "--preset", "tiny", "--frames", "2",
+                 "--prompt-tokens", "4", "--new-tokens", "2", "--warmup", "0", "--repeats", "1",
+                 "--launcher", "ray", "--output", str(out), "--no-progress"])
+    assert code == 0
+    records = list(iter_records(out))
+    assert [(r["spec"]["arch"], r["status"]) for r in records] == [("transformer", "ok"), ("hybrid", "ok")]
+    assert all(r["launcher"]["name"] == "ray" and "wall_s" in r for r in records)
+
+
+def test_unschedulable_request_warns_once_on_a_cluster(monkeypatch, capsys):
+    """On a cluster an autoscaler may still add a GPU node: warn once instead of failing."""
+    from types import SimpleNamespace
+
+    from bench import ray_launcher
+
+    fake = SimpleNamespace(cluster_resources=lambda: {"CPU": 8.0, "GPU": 1.0, "accelerator_type:A100": 1.0})
+    monkeypatch.setitem(ray_launcher._state, "local", False)
+    monkeypatch.setitem(ray_launcher._state, "warned", set())
+    for _ in range(2):
+        ray_launcher._check_feasible(fake, {"num_gpus": 1, "accelerator_type": "H100"})
+    err = capsys.readouterr().err
+    assert err.count("warning: no Ray node offers accelerator type 'H100' (the cluster has: A100)") == 1
+    ray_launcher._check_feasible(fake, {"num_gpus": 1, "accelerator_type": "A100"})  # feasible: silent
+    assert capsys.readouterr().err == ""
+    monkeypatch.setitem(ray_launcher._state, "local", True)
+    with pytest.raises(UserError, match="accelerator type 'H100'"):
+        ray_launcher._check_feasible(fake, {"num_cpus": 1, "accelerator_type": "H100"})
