@@ -82,6 +82,25 @@ def build_parser() -> Parser:
                    help="stop when the gap is within this fraction of the fitting count (default 1/32)")
     p.add_argument("--output", help="append the record to this JSONL file")
 
+    p = sub.add_parser("eval", help="accuracy on a task's local data (per-document log + one aggregate record)")
+    _add_cell_flags(p, lists=False)
+    p.add_argument("--data", required=True, help="the task's data directory, in its official layout")
+    p.add_argument("--fps", type=float, help="sample at this rate, at most --frames frames (TimeViper: --fps 1 --frames 256)")
+    p.add_argument("--limit", type=int, help="only the first N documents")
+    p.add_argument("--judge", help="VDC judge: openai:URL#MODEL (an OpenAI-compatible server) or local:DIR")
+    p.add_argument("--subtitles", action="store_true", help="Video-MME with subtitles")
+    p.add_argument("--fidelity", action="store_true",
+                   help="also run without the compressor: answer agreement and first-token KL")
+    p.add_argument("--log", help="per-document JSONL log (a valid --predictions file for score)")
+    p.add_argument("--output", help="append the aggregate record to this JSONL file")
+
+    p = sub.add_parser("score", help="score saved predictions against a task's annotations (no model, no videos)")
+    p.add_argument("--task", required=True, help="videomme | charades | vdc")
+    p.add_argument("--data", required=True, help="the task's data directory (annotations only are read)")
+    p.add_argument("--predictions", required=True, help='JSONL: {"id": ..., "output": "raw model text"} per line')
+    p.add_argument("--judge", help="VDC judge: openai:URL#MODEL or local:DIR")
+    p.add_argument("--output", help="append the aggregate record to this JSONL file")
+
     p = sub.add_parser("compare", help="regression gate: a new run against a baseline (exit 1 on regression)")
     p.add_argument("new", help="JSONL records of the new run")
     p.add_argument("--baseline", required=True, help="JSONL records of the baseline")
@@ -195,6 +214,31 @@ def cmd_maxframes(args) -> int:
     return 0 if record["status"] == "ok" else 1
 
 
+def cmd_eval(args) -> int:
+    from bench.evaluate import evaluate
+    from bench.spec import make_spec
+
+    values = {"vision": "siglip", "frames": 16, "warmup": 0, "repeats": 1, **_cell_values(args)}
+    if not values.get("task") or values["task"] == "synthetic":
+        raise UserError("eval needs --task (videomme, charades, vdc)")
+    if args.limit is not None and args.limit <= 0:
+        raise UserError(f"--limit must be positive, got {args.limit}")
+    if args.fps is not None and args.fps <= 0:
+        raise UserError(f"--fps must be positive, got {args.fps}")
+    record = evaluate(make_spec(values), args.data, judge=args.judge, subtitles=args.subtitles, limit=args.limit,
+                      fps=args.fps, fidelity=args.fidelity, log=args.log, output=args.output)
+    print(json.dumps(record["task"]))
+    return 0
+
+
+def cmd_score(args) -> int:
+    from bench.evaluate import score_predictions
+
+    record = score_predictions(args.task, args.data, args.predictions, judge=args.judge, output=args.output)
+    print(json.dumps(record))
+    return 0
+
+
 def cmd_compare(args) -> int:
     from bench.compare import compare, parse_percent, parse_reference, render_rows
     from bench.records import iter_records
@@ -256,7 +300,7 @@ def cmd_table(args) -> int:
 
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "matrix": cmd_matrix, "maxframes": cmd_maxframes, "table": cmd_table,
-            "compare": cmd_compare, "plot": cmd_plot, "report": cmd_report}
+            "compare": cmd_compare, "plot": cmd_plot, "report": cmd_report, "eval": cmd_eval, "score": cmd_score}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,57 @@
+"""Tokenizers for evaluation: a checkpoint's own, or a built-in byte-level one for random-weight presets.
+
+The byte-level tokenizer needs nothing on disk: ids 0, 1, 2 are pad, BOS and EOS, and byte
+b is id b + 3, so every preset (vocabulary >= 259) can run a task end to end.
+"""
+
+from __future__ import annotations
+
+from bench.errors import UserError
+
+PAD, BOS, EOS, OFFSET = 0, 1, 2, 3
+
+
+class ByteTokenizer:
+    name = "bytes"
+    bos_id, eos_id = BOS, EOS
+
+    def __init__(self, vocab_size: int):
+        if vocab_size < 256 + OFFSET:
+            raise UserError(f"the byte-level tokenizer needs a vocabulary of at least {256 + OFFSET}, got {vocab_size}")
+
+    def encode_prompt(self, text: str) -> list[int]:
+        return [b + OFFSET for b in text.encode("utf-8")]
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i - OFFSET for i in ids if OFFSET <= i < 256 + OFFSET).decode("utf-8", errors="replace")
+
+
+class CheckpointTokenizer:
+    """A checkpoint's own tokenizer; prompts go through its chat template when it has one."""
+
+    def __init__(self, checkpoint: str):
+        from transformers import AutoTokenizer
+
+        try:
+            self.tok = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"checkpoint {checkpoint} has no usable tokenizer: {str(exc).splitlines()[0]}") from None
+        self.name = f"checkpoint:{checkpoint}"
+        self.bos_id = self.tok.bos_token_id if self.tok.bos_token_id is not None else self.tok.eos_token_id
+        self.eos_id = self.tok.eos_token_id
+
+    def encode_prompt(self, text: str) -> list[int]:
+        if getattr(self.tok, "chat_template", None):
+            ids = self.tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                               tokenize=True)
+            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+
+def tokenizer_for(backbone) -> ByteTokenizer | CheckpointTokenizer:
+    if backbone.checkpoint:
+        return CheckpointTokenizer(backbone.checkpoint)
+    return ByteTokenizer(backbone.config.vocab_size)

@@ -1,0 +1,38 @@
+"""What every accuracy task hands the evaluator: documents with a video, a prompt and a target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Doc:
+    """One scored item.
+
+    id: the task's document id (the key of a predictions file); video: the video path;
+    prompt: the official prompt text (no chat template); target: the gold answer;
+    fields: metadata for per-split metrics.
+    """
+
+    id: str
+    video: str
+    prompt: str
+    target: Any
+    fields: dict = field(default_factory=dict)
+
+
+def read_parquet(path, columns, what: str) -> list[dict]:
+    """Rows of a parquet file as dicts; UserError naming the file, or the columns it lacks."""
+    import pyarrow.parquet as pq
+
+    from bench.errors import UserError
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise UserError(f"cannot read {what} annotations {path}: {str(exc).splitlines()[0]}") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise UserError(f"{what} annotations {path} lack column(s): {', '.join(missing)}")
+    return table.to_pylist()
