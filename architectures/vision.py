@@ -46,6 +46,13 @@ VISION_PRESETS: dict[str, dict] = {
 ATTN_IMPLEMENTATION = "sdpa"
 
 
+def vision_config_from(config: SiglipVisionConfig) -> SiglipVisionConfig:
+    """A loaded tower config prepared like the presets' (SDPA attention, no pooling head)."""
+    config.vision_use_head = False
+    config._attn_implementation = ATTN_IMPLEMENTATION
+    return config
+
+
 def vision_config(preset: str) -> SiglipVisionConfig:
     """The ``SiglipVisionConfig`` of a preset (SDPA attention, no pooling head)."""
     if preset not in VISION_PRESETS:
@@ -208,6 +215,50 @@ class VisionSide(nn.Module):
             if not out:
                 return torch.empty(0, self.tokens_per_frame, self.llm_hidden, device=self.device, dtype=self.dtype)
             return torch.cat(out)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str, llm_hidden: int, tokens_per_frame: int = 16, dtype=torch.float32,
+                        device="cpu") -> "VisionSide":
+        """The vision side stored with a checkpoint: ``vision/`` (a transformers SigLIP vision model
+        directory) and ``projector.safetensors`` (the MLP: ``0.weight``, ``0.bias``, ``2.weight``, ``2.bias``)."""
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        root = Path(checkpoint)
+        tower_dir, projector_file = root / "vision", root / "projector.safetensors"
+        for part, path in (("vision tower", tower_dir / "config.json"), ("projector", projector_file)):
+            if not path.is_file():
+                raise UserError(f"checkpoint {checkpoint} lacks the {part} ({path.relative_to(root)})")
+        tower_config = SiglipVisionConfig.from_pretrained(tower_dir, local_files_only=True)
+        preset = next((name for name, kw in VISION_PRESETS.items()
+                       if all(getattr(tower_config, k) == v for k, v in kw.items())), "paper")
+        side = cls(preset, llm_hidden, tokens_per_frame, dtype=dtype, device="meta")
+        side.config = vision_config_from(tower_config)
+        side.image_size = int(tower_config.image_size)
+        side.num_patches = (tower_config.image_size // tower_config.patch_size) ** 2
+        side.vision_dim = tower_config.hidden_size
+        side.tower = SiglipVisionModel.from_pretrained(tower_dir, config=side.config, local_files_only=True,
+                                                       dtype=dtype)
+        weights = load_file(projector_file)
+        projector = nn.Sequential(nn.Linear(side.vision_dim, llm_hidden), nn.GELU(), nn.Linear(llm_hidden, llm_hidden))
+        try:
+            projector.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise UserError(f"checkpoint {checkpoint}: projector.safetensors does not fit a {side.vision_dim} -> "
+                            f"{llm_hidden} MLP ({str(exc).splitlines()[0]})") from None
+        side.projector = projector
+        return side.to(device=device, dtype=dtype).eval()
+
+    def save(self, checkpoint: str) -> None:
+        """Write ``vision/`` and ``projector.safetensors`` into a checkpoint directory."""
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        root = Path(checkpoint)
+        self.tower.save_pretrained(root / "vision")
+        save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()}, str(root / "projector.safetensors"))
 
     @staticmethod
     def param_count(preset: str, llm_hidden: int) -> int:

@@ -67,8 +67,12 @@ def build_model(spec: CellSpec) -> Model:
     if spec.vision == "siglip":
         from architectures.vision import VisionSide
 
-        vision = VisionSide(spec.preset or "paper", backbone.hidden_size, spec.tokens_per_frame, dtype=dtype,
-                            device=spec.device, seed=spec.seed)
+        if spec.checkpoint:
+            vision = VisionSide.from_checkpoint(spec.checkpoint, backbone.hidden_size, spec.tokens_per_frame,
+                                                dtype=dtype, device=spec.device)
+        else:
+            vision = VisionSide(spec.preset, backbone.hidden_size, spec.tokens_per_frame, dtype=dtype,
+                                device=spec.device, seed=spec.seed)
     compressor = make_compressor(spec.compressor)
     compressor.check(backbone)
     compressor.prepare(backbone)

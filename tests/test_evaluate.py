@@ -113,3 +113,28 @@ def test_bad_eval_input(argv, needle, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+def test_checkpoint_parts_load_and_missing_parts_are_named(data, tmp_path, capsys):
+    import torch
+
+    from architectures import ARCHITECTURES
+    from architectures.vision import VisionSide
+    from bench.runner import build_model
+
+    ckpt = tmp_path / "ckpt"
+    ARCHITECTURES.get("hybrid").build("tiny").model.save_pretrained(ckpt)
+    argv = ["eval", "--task", "videomme", "--data", str(data), "--arch", "hybrid", "--checkpoint", str(ckpt)]
+    assert main(argv) == 2
+    assert "lacks the vision tower (vision/config.json)" in capsys.readouterr().err
+    side = VisionSide("tiny", 64, seed=3)
+    side.save(ckpt)
+    model = build_model(make_spec({"arch": "hybrid", "checkpoint": str(ckpt), "vision": "siglip"}))
+    frames = torch.rand(2, 3, 64, 64)
+    assert torch.equal(model.vision(frames), side(frames))  # the checkpoint's own tower and projector
+    (ckpt / "projector.safetensors").unlink()
+    assert main(argv) == 2
+    assert "lacks the projector (projector.safetensors)" in capsys.readouterr().err
+    side.save(ckpt)
+    assert main(argv) == 2  # no tokenizer files
+    assert "has no usable tokenizer" in capsys.readouterr().err
