@@ -11,43 +11,9 @@ import pytest
 from bench.errors import UserError
 from bench.report import split_records, table_layout, table_metrics, write_report
 from bench.table import MIB
+from fake_records import make_record, make_search
 
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-
-
-def make_record(arch="hybrid", frames=64, status="ok", compressor="none", prefill_chunk=2048, accuracy=None,
-                **metrics):
-    """A cell record like the runner writes; throughput falls and memory grows with frames."""
-    n = frames or 64
-    tokens = 1 + 16 * n + 64
-    values = {
-        "input_tokens": tokens, "vision_tokens": 16 * n, "tokens_after_compression": tokens,
-        "prefill_tok_s": 100_000 / n**0.5, "decode_tok_s": 90.0, "ttft_s": n / 1000,
-        "peak_mem_bytes": (50 + n // 8) * MIB,
-    }
-    values.update(metrics)
-    if status != "ok":
-        values = {}
-    return {
-        "schema": 1, "status": status, "error": None if status == "ok" else f"{status}: boom",
-        "spec": {"arch": arch, "preset": "small", "checkpoint": None, "compressor": compressor, "frames": frames,
-                 "tokens_per_frame": 16, "prompt_tokens": 64, "new_tokens": 16, "batch": 1, "device": "cpu",
-                 "dtype": "float32", "prefill_chunk": prefill_chunk, "memory_budget": None, "seed": 0},
-        "env": {"device_name": "test cpu", "commit": "abc123"},
-        "metrics": values,
-        "task": {"name": "synthetic", "metrics": {} if accuracy is None else {"accuracy": accuracy}, "n": 10},
-    }
-
-
-def make_search(arch="hybrid", max_frames=2048, prefill_chunk=2048):
-    """A max-frames record with its probes."""
-    record = make_record(arch, None, prefill_chunk=prefill_chunk)
-    record["spec"]["memory_budget"] = 128 * MIB
-    probes = [{"frames": 16, "status": "ok", "peak_mem_bytes": 20 * MIB},
-              {"frames": 32, "status": "oom", "peak_mem_bytes": 130 * MIB}]
-    record.update(kind="maxframes", metrics={"max_frames": max_frames, "first_oom_frames": 2 * max_frames,
-                                             "probes": probes, "peak_mem_bytes": 20 * MIB})
-    return record
 
 
 def sweep():
