@@ -20,13 +20,13 @@ import inspect
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.errors import UserError
+from bench.meters import StageTimer
 from bench.records import append_record, check_writable, environment, make_record
 from bench.spec import CellSpec
 from tasks import TASKS
@@ -55,26 +55,30 @@ def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _generate(bb, compressor, vision: torch.Tensor, prompt_ids: list[int], tok, max_new: int, chunk) -> tuple:
+def _generate(bb, compressor, vision: torch.Tensor, prompt_ids: list[int], tok, max_new: int, chunk,
+              timer=None) -> tuple:
+    """Greedy decoding up to ``max_new`` tokens or EOS; prefill and decode timed on ``timer`` if given."""
+    from contextlib import nullcontext
+
     from bench.pipeline import decode_step, prefill
 
+    stage = timer.stage if timer is not None else (lambda name: nullcontext())
     device = vision.device
     bos = torch.tensor([[tok.bos_id]], device=device)
     prompt = torch.tensor([prompt_ids], device=device)
     embeds = torch.cat([bb.embed(bos), vision.to(bb.dtype), bb.embed(prompt)], dim=1)
-    t0 = time.perf_counter()
-    logits, seq = prefill(bb, embeds, compressor=compressor, vision=(1, 1 + vision.shape[1]), chunk=chunk)
-    prefill_s = time.perf_counter() - t0
+    with stage("prefill_s"):
+        logits, seq = prefill(bb, embeds, compressor=compressor, vision=(1, 1 + vision.shape[1]), chunk=chunk)
     kept, first = seq.length, logits[0].float()
     out: list[int] = []
     token = logits.argmax(-1, keepdim=True)
-    t0 = time.perf_counter()
-    while int(token) != tok.eos_id and len(out) < max_new:
-        out.append(int(token))
-        if len(out) == max_new:
-            break
-        token = decode_step(bb, token, seq).argmax(-1, keepdim=True)
-    return out, first, kept, prefill_s, time.perf_counter() - t0
+    with stage("decode_s"):
+        while int(token) != tok.eos_id and len(out) < max_new:
+            out.append(int(token))
+            if len(out) == max_new:
+                break
+            token = decode_step(bb, token, seq).argmax(-1, keepdim=True)
+    return out, first, kept
 
 
 def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitles: bool = False,
@@ -101,42 +105,42 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
     for k, doc in enumerate(docs):
         entry = {"id": doc.id, "prompt": doc.prompt, "output": None, "parsed": None, "score": None, "error": None}
         try:
-            t0 = time.perf_counter()
-            video = Path(doc.video)
-            if not video.is_absolute() and not video.exists():
-                video = Path(data_dir) / video
-            size = vision_side.image_size if vision_side is not None else 32
-            frames, _ = (load_frames(video, fps=fps, max_frames=spec.frames, size=size) if fps
-                         else load_frames(video, frames=spec.frames, size=size))
-            decode_video_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            timer = StageTimer(spec.device)
+            with timer.stage("decode_video_s"):
+                video = Path(doc.video)
+                if not video.is_absolute() and not video.exists():
+                    video = Path(data_dir) / video
+                size = vision_side.image_size if vision_side is not None else 32
+                frames, _ = (load_frames(video, fps=fps, max_frames=spec.frames, size=size) if fps
+                             else load_frames(video, frames=spec.frames, size=size))
             with torch.inference_mode():
-                compressor.reset()
-                if vision_side is not None:
-                    compressor.new_video()
-                    tokens = vision_side(frames, compressor)
-                else:
-                    gen = torch.Generator().manual_seed(spec.seed + k)
-                    tokens = torch.randn(frames.shape[0], spec.tokens_per_frame, bb.hidden_size, generator=gen) * 0.02
-                vision = compressor.after_projector(tokens.to(spec.device, bb.dtype)[None])
-                vision_s = time.perf_counter() - t0
+                with timer.stage("vision_s"):
+                    compressor.reset()
+                    if vision_side is not None:
+                        compressor.new_video()
+                        tokens = vision_side(frames, compressor)
+                    else:
+                        gen = torch.Generator().manual_seed(spec.seed + k)
+                        tokens = torch.randn(frames.shape[0], spec.tokens_per_frame, bb.hidden_size,
+                                             generator=gen) * 0.02
+                    tokens = tokens.to(spec.device, bb.dtype)[None]  # [1, frames, tokens per frame, hidden]
+                    vision = compressor.after_projector(tokens)
                 prompt_ids = tok.encode_prompt(doc.prompt)
                 max_new = task.max_new_tokens_for(doc) if hasattr(task, "max_new_tokens_for") else task.max_new_tokens
-                ids, first, kept, prefill_s, decode_s = _generate(bb, compressor, vision, prompt_ids, tok, max_new,
-                                                                  spec.prefill_chunk)
+                ids, first, kept = _generate(bb, compressor, vision, prompt_ids, tok, max_new, spec.prefill_chunk,
+                                             timer)
                 entry["output"] = tok.decode(ids)
+                parsed = task.parse(entry["output"])
                 if reference is not None:
-                    plain = reference.after_projector(tokens.to(spec.device, bb.dtype)[None])
-                    ref_ids, ref_first, *_ = _generate(bb, reference, plain, prompt_ids, tok, max_new,
-                                                       spec.prefill_chunk)
+                    ref_ids, ref_first, _ = _generate(bb, reference, reference.after_projector(tokens), prompt_ids,
+                                                      tok, max_new, spec.prefill_chunk)
                     log_p, log_q = ref_first.log_softmax(-1), first.log_softmax(-1)
                     kls.append(float((log_p.exp() * (log_p - log_q)).sum()))
-                    agreement.append(task.parse(tok.decode(ref_ids)) == task.parse(entry["output"]))
-            entry["parsed"] = _jsonable(task.parse(entry["output"]))
-            entry["score"] = task.score(doc, task.parse(entry["output"]))
-            entry.update(tokens_in=1 + vision.shape[1] + len(prompt_ids), tokens_after_compression=kept,
-                         timings={"decode_video_s": decode_video_s, "vision_s": vision_s, "prefill_s": prefill_s,
-                                  "decode_s": decode_s, "new_tokens": len(ids)})
+                    agreement.append(task.parse(tok.decode(ref_ids)) == parsed)
+            entry["parsed"] = _jsonable(parsed)
+            entry["score"] = task.score(doc, parsed)
+            entry.update(tokens_in=1 + tokens.shape[1] * tokens.shape[2] + len(prompt_ids),
+                         tokens_after_compression=kept, timings={**timer.times, "new_tokens": len(ids)})
             timings.append(entry["timings"])
             scores.append(entry["score"])
         except (VideoError, RuntimeError, ValueError) as exc:

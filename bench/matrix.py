@@ -122,12 +122,11 @@ def run_matrix(cells: list[CellSpec], output: str | None, *, launcher: str = "in
     if interleave:
         from bench.runner import run_interleaved
 
-        def keep(record):
+        def keep(cell, record):
             if output:
                 append_record(output, record)
             records.append(record)
-            print(f"[{len(records)}/{len(todo)}] {describe(make_spec(record['spec']))}: {one_line(record)}",
-                  file=sys.stderr)
+            print(f"[{len(records)}/{len(todo)}] {describe(cell)}: {one_line(record)}", file=sys.stderr)
 
         print(f"interleaving {len(todo)} cells", file=sys.stderr)
         run_interleaved(todo, on_record=keep)

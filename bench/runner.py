@@ -237,6 +237,7 @@ def run_interleaved(specs: list[CellSpec], on_record=None) -> list[dict]:
     memory is its peak above the usage just before it, plus the bytes of that cell's model.
     Each record has ``"interleaved": true`` and its timings per round in
     ``metrics.spread.<metric>.values``. A failing cell drops out with its record.
+    ``on_record(spec, record)`` is called as each cell's record is final.
     """
     runs = [CellRun(spec) for spec in specs]
     records: list[dict | None] = [None] * len(runs)
@@ -248,7 +249,7 @@ def run_interleaved(specs: list[CellSpec], on_record=None) -> list[dict]:
         records[k] = runs[k].failure(exc)
         runs[k].close()
         if on_record:
-            on_record(records[k])
+            on_record(runs[k].spec, records[k])
 
     for k, run in enumerate(runs):
         try:
@@ -274,5 +275,5 @@ def run_interleaved(specs: list[CellSpec], on_record=None) -> list[dict]:
             records[k] = run.record(interleaved=True)
             run.close()
             if on_record:
-                on_record(records[k])
+                on_record(run.spec, records[k])
     return records

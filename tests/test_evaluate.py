@@ -138,3 +138,13 @@ def test_checkpoint_parts_load_and_missing_parts_are_named(data, tmp_path, capsy
     side.save(ckpt)
     assert main(argv) == 2  # no tokenizer files
     assert "has no usable tokenizer" in capsys.readouterr().err
+
+
+def test_input_tokens_count_vision_before_a_projector_compressor(data, tmp_path):
+    log = tmp_path / "docs.jsonl"
+    evaluate(spec("videomme", compressor="visionzip:dominant=6,contextual=2"), str(data), limit=1, log=str(log))
+    (doc,) = lines(log)
+    prompt_tokens = doc["tokens_in"] - 1 - 4 * 16  # 4 frames x 16 tokens, counted before VisionZip
+    assert prompt_tokens == len(doc["prompt"].encode())  # byte-level tokenizer: one id per byte
+    assert doc["tokens_after_compression"] == 1 + 4 * 8 + prompt_tokens
+    assert set(doc["timings"]) == {"decode_video_s", "vision_s", "prefill_s", "decode_s", "new_tokens"}

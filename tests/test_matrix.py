@@ -198,3 +198,19 @@ def test_process_launcher_matches_inline(tmp_path, capsys):
     assert set(child["env"]) == set(inline["env"])
     for key in ("input_tokens", "vision_tokens", "tokens_after_compression"):
         assert child["metrics"][key] == inline["metrics"][key]
+
+
+def test_interleaved_matrix_keeps_rounds_in_order(tmp_path, capsys):
+    out = tmp_path / "interleaved.jsonl"
+    argv = ["matrix", "--arch", "transformer,hybrid", "--preset", "tiny", "--frames", "2", "--prompt-tokens", "4",
+            "--new-tokens", "2", "--warmup", "1", "--repeats", "3", "--interleave", "--output", str(out),
+            "--no-progress"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "[1/2] transformer/tiny frames=2: ok" in err and "[2/2] hybrid/tiny frames=2: ok" in err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["spec"]["arch"] for r in records] == ["transformer", "hybrid"]
+    for r in records:
+        assert r["status"] == "ok" and r["interleaved"] is True
+        assert len(r["metrics"]["spread"]["prefill_tok_s"]["values"]) == 3
+    assert main(argv[:-3] + ["--launcher", "process"]) == 2  # interleaving needs every cell in this process
