@@ -166,11 +166,13 @@ def _finish(records: list[dict], output: str | None) -> int:
 def cmd_run(args) -> int:
     from bench.launchers import LAUNCHERS
     from bench.records import append_record, check_writable
-    from bench.spec import make_spec
+    from bench.spec import check_runnable, make_spec
 
     spec = make_spec(_cell_values(args))
     if args.launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {args.launcher!r}; valid: {', '.join(LAUNCHERS)}")
+    if args.launcher != "ray":  # Ray workers check their own devices
+        check_runnable(spec)
     if args.output:
         check_writable(args.output)
     record = LAUNCHERS[args.launcher](spec)

@@ -12,7 +12,7 @@ import time
 
 from bench.launchers import run_process
 from bench.records import environment, make_record
-from bench.spec import CellSpec
+from bench.spec import CellSpec, check_runnable
 
 
 def _close_enough(lo: int, hi: int, precision: float) -> bool:
@@ -22,6 +22,7 @@ def _close_enough(lo: int, hi: int, precision: float) -> bool:
 def search(spec: CellSpec, *, start: int = 16, limit: int = 1 << 20, precision: float = 1 / 32,
            on_probe=None) -> dict:
     """Search, then return the record: ``metrics`` hold max_frames, first_oom_frames and the probes."""
+    check_runnable(spec)
     probes: list[dict] = []
     t0 = time.perf_counter()
 
