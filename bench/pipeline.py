@@ -71,10 +71,18 @@ def _run_layer_chunked(backbone: Backbone, i: int, hidden: torch.Tensor, cache, 
     return out
 
 
-@torch.inference_mode()
-def prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, vision: tuple[int, int] = (0, 0),
-            chunk: int | None = None) -> tuple[torch.Tensor, Sequence]:
-    """Run the prompt embeddings through every layer; return last-position logits [batch, vocab]."""
+def prefill(backbone: Backbone, embeds: torch.Tensor, *, grad: bool = False, **kwargs) -> tuple[torch.Tensor, Sequence]:
+    """Run the prompt embeddings through every layer; return last-position logits [batch, vocab].
+
+    Inference mode, unless ``grad``: then the autograd graph is kept, so that what a compressor
+    adds (TransV's cross-attention) trains through the very loop that measures it.
+    """
+    with torch.enable_grad() if grad else torch.inference_mode():
+        return _prefill(backbone, embeds, **kwargs)
+
+
+def _prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, vision: tuple[int, int] = (0, 0),
+             chunk: int | None = None) -> tuple[torch.Tensor, Sequence]:
     length = embeds.shape[1]
     cache = backbone.new_cache()
     state = TokenState(embeds, torch.arange(length, device=embeds.device), vision)

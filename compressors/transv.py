@@ -15,6 +15,8 @@ of width min(128, hidden) and needs ``init=random``. The transfer acts in prefil
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn.functional import scaled_dot_product_attention
@@ -24,6 +26,7 @@ from compressors import register_compressor
 from compressors.dropping import TokenDropping
 
 INITS = ("nearest_attn", "random")
+WEIGHTS = "transv.safetensors"  # trained gates and cross-attentions, in a checkpoint directory
 
 
 class GatedCrossAttention(nn.Module):
@@ -76,6 +79,33 @@ class TransV(TokenDropping):
 
     def prepare(self, backbone) -> None:
         self.cross = self._build(backbone)
+        self.trained_from = None
+        if backbone.checkpoint and (Path(backbone.checkpoint) / WEIGHTS).is_file():
+            self._load(Path(backbone.checkpoint) / WEIGHTS)
+
+    def _load(self, path: Path) -> None:
+        """Trained weights (``viperbench train --train transv``) for the schedule's layers."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            weights = load_file(str(path))
+        except (OSError, SafetensorError) as exc:
+            raise UserError(f"corrupt TransV weights {path}: {exc}") from None
+        stored = sorted({int(k.split(".")[0]) for k in weights})
+        missing = [s.layer for s in self.plan() if s.layer not in stored]
+        if missing:
+            raise UserError(f"compressor 'transv': the schedule names layer(s) {missing} but {path} has TransV "
+                            f"weights for layer(s) {stored} only")
+        wanted = {k: v for k, v in weights.items() if k.split(".")[0] in self.cross}
+        try:
+            self.cross.load_state_dict(wanted)
+        except RuntimeError as exc:
+            raise UserError(f"TransV weights {path} do not fit this backbone: {str(exc).splitlines()[0]}") from None
+        self.trained_from = str(path)
+
+    def report(self) -> dict:
+        return {**super().report(), "trained_from": getattr(self, "trained_from", None)}
 
     def _build(self, backbone) -> nn.ModuleDict:
         attn_layers = backbone.attention_layers()
