@@ -150,7 +150,9 @@ def answer_logits(parts: Parts, frames: torch.Tensor, prompts: list[str], tok) -
 def save(out: Path, s: TrainSettings, parts: Parts, state: dict, summary: dict) -> None:
     """Write the whole checkpoint next to ``out``, then swap it in: an interruption keeps the previous one."""
     from safetensors.torch import save_file
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one bar: the training's
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -221,11 +223,11 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parts.params, 1.0)
         optimizer.step()
-        acc = float((logits.argmax(-1) == target).float().mean())
-        state["curve"].append({"step": step + 1, "loss": float(loss), "acc": acc, "length": length})
+        acc, value = float((logits.argmax(-1) == target).float().mean()), loss.item()
+        state["curve"].append({"step": step + 1, "loss": value, "acc": acc, "length": length})
         state["step"] = step + 1
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.2f}")
+        bar.set_postfix(loss=f"{value:.3f}", acc=f"{acc:.2f}")
         if state["step"] % s.save_every == 0 or state["step"] == s.steps:
             state.update(optimizer=optimizer.state_dict(), rng=rng.bit_generator.state,
                          torch_rng=torch.get_rng_state(), seconds=time.perf_counter() - t0)
