@@ -111,6 +111,10 @@ def build_parser() -> Parser:
     p.add_argument("--save-every", type=int, default=25, help="write the checkpoint every N steps (default 25)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("lm-eval", add_help=False,
+                       help="lm-eval's command line with the viperbench model registered (extra `eval`)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="lm-eval's own flags, e.g. --model viperbench ...")
+
     p = sub.add_parser("score", help="score saved predictions against a task's annotations (no model, no videos)")
     p.add_argument("--task", required=True, help="videomme | charades | vdc")
     p.add_argument("--data", required=True, help="the task's data directory (annotations only are read)")
@@ -269,6 +273,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_lm_eval(args) -> int:
+    try:
+        from bench.lm_eval_model import main as lm_eval_main
+    except ModuleNotFoundError as exc:
+        raise UserError(f"lm-eval is not installed ({exc.name}): pip install -e '.[eval]'") from None
+    return lm_eval_main(args.args)
+
+
 def cmd_score(args) -> int:
     from bench.evaluate import score_predictions
 
@@ -342,11 +354,15 @@ def cmd_table(args) -> int:
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "matrix": cmd_matrix, "maxframes": cmd_maxframes, "table": cmd_table,
             "compare": cmd_compare, "plot": cmd_plot, "report": cmd_report, "eval": cmd_eval, "score": cmd_score,
-            "train": cmd_train}
+            "train": cmd_train, "lm-eval": cmd_lm_eval}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # every later flag is lm-eval's own: no parsing here
+        args = argparse.Namespace(command="lm-eval", args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
