@@ -176,6 +176,9 @@ class Backbone:
         """Per-chunk inputs shared by all layers (override to add rotary embeddings)."""
         return LayerInput(positions, {})
 
+    def check_compressor(self, compressor) -> None:
+        """Raise UserError if ``compressor`` cannot act on this backbone (beyond its own ``check``)."""
+
     def after_layer(self, i: int, state) -> None:
         """Called with the whole prefill sequence after layer i (Qwen3-VL adds DeepStack features here)."""
 

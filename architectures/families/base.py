@@ -39,6 +39,12 @@ class Prompt:
         return self.state.length
 
 
+def _identity_hook():
+    from compressors.base import Compressor
+
+    return Compressor.after_projector
+
+
 class FamilyBackbone(Backbone):
     """Base of the real video LLMs; subclasses name the library classes and the token layout."""
 
@@ -179,6 +185,44 @@ class FamilyBackbone(Backbone):
     def encode(self, inputs, compressor=None) -> Prompt:
         """Processor inputs -> the prompt's token state (vision features placed at the placeholders)."""
         raise NotImplementedError
+
+    def check_compressor(self, compressor) -> None:
+        if compressor.wants_tower_hook:
+            raise UserError(f"compressor {compressor.name!r} hooks the own-layout vision tower; {self.name} runs the "
+                            "checkpoint's own tower (use a projector- or LLM-side compressor)")
+
+    def prompt(self, frames: torch.Tensor, text: str, compressor=None, fps: float = 1.0) -> Prompt:
+        """Frames and prompt text -> a prompt ready for prefill (projector-side compression applied)."""
+        return self.encode(self.processor_inputs(frames, text, fps), compressor)
+
+    def compress_projected(self, prompt: Prompt, compressor) -> Prompt:
+        """Hook 2 (after the projector) on a real model: the compressor sees the vision features as
+        [1, groups, tokens per group, hidden] and returns k per group; each group keeps k of its own
+        slots (the ones the compressor names in ``kept_slots`` [groups, k], else the first k), with
+        their positions and DeepStack features; the other slots leave the sequence."""
+        if compressor is None or type(compressor).after_projector is _identity_hook():
+            return prompt
+        state = prompt.state
+        vis = state.vision_index()
+        groups = int(state.frames[vis].max()) + 1
+        n = vis.numel() // groups
+        if n * groups != vis.numel():
+            raise UserError(f"compressor {compressor.name!r} needs the same number of vision tokens per frame")
+        compressor.kept_slots = None
+        out = compressor.after_projector(state.hidden[:, vis].reshape(1, groups, n, -1))
+        k = out.shape[1] // groups
+        slots = compressor.kept_slots
+        slots = torch.arange(k, device=vis.device).expand(groups, k) if slots is None else slots.to(vis.device)
+        slots, order = slots.sort(dim=1)
+        out = out.reshape(groups, k, -1).gather(1, order[..., None].expand(-1, -1, out.shape[-1]))
+        chosen = vis.reshape(groups, n).gather(1, slots).flatten()
+        hidden = state.hidden.clone()
+        hidden[0, chosen] = out.flatten(0, 1).to(hidden.dtype)
+        stay = ~state.vision
+        stay[chosen] = True
+        state.hidden = hidden
+        state.select(stay.nonzero().squeeze(1))
+        return prompt
 
     def _place(self, input_ids: torch.Tensor, mask: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         embeds = self.embed(input_ids.to(self.device))

@@ -64,7 +64,7 @@ class LlavaOneVision(FamilyBackbone):
         frames = torch.full(mask.shape, -1, dtype=torch.long, device=dev)
         frames[mask] = torch.arange(n_frames, device=dev).repeat_interleave(int(mask.sum()) // n_frames)
         state = TokenState(embeds, torch.arange(ids.shape[1], device=dev), mask, frames)
-        return Prompt(ids, state, int(mask.sum()))
+        return self.compress_projected(Prompt(ids, state, int(mask.sum())), compressor)
 
     def layer_kind(self, i: int) -> str:
         return ATTENTION

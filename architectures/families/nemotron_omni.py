@@ -89,7 +89,7 @@ class NemotronOmni(FamilyBackbone):
             stay[mask.nonzero().squeeze(1)[~keep]] = False
             ids, embeds, mask, frames = ids[:, stay], embeds[:, stay], mask[stay], frames[stay]
         state = TokenState(embeds, torch.arange(ids.shape[1], device=dev), mask, frames)
-        return Prompt(ids, state, n_vision)
+        return self.compress_projected(Prompt(ids, state, n_vision), compressor)
 
     def layer_kind(self, i: int) -> str:
         return _KIND[self.config.layers_block_type[i]]

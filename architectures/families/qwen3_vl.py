@@ -80,7 +80,7 @@ class Qwen3VL(FamilyBackbone):
         frames = torch.full(mask.shape, -1, dtype=torch.long, device=dev)
         frames[mask] = torch.arange(t, device=dev).repeat_interleave(h * w // merge**2)
         state = TokenState(embeds, positions[:, 0], mask, frames, {"deepstack": deepstack})
-        return Prompt(ids, state, int(mask.sum()))
+        return self.compress_projected(Prompt(ids, state, int(mask.sum())), compressor)
 
     def after_layer(self, i, state):
         deepstack = state.per_vision.get("deepstack")
