@@ -6,6 +6,8 @@ b is id b + 3, so every preset (vocabulary >= 259) can run a task end to end.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from bench.errors import UserError
 
 PAD, BOS, EOS, OFFSET = 0, 1, 2, 3
@@ -44,7 +46,8 @@ class CheckpointTokenizer:
         if getattr(self.tok, "chat_template", None):
             ids = self.tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                                tokenize=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+            # transformers 5 returns a BatchEncoding (a Mapping, not a dict): list() of it would be its keys
+            return [int(i) for i in (ids["input_ids"] if isinstance(ids, Mapping) else ids)]
         return self.tok.encode(text, add_special_tokens=False)
 
     def decode(self, ids: list[int]) -> str:
