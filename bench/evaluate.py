@@ -57,28 +57,16 @@ def _jsonable(value: Any) -> Any:
 
 def _generate(bb, compressor, vision: torch.Tensor, prompt_ids: list[int], tok, max_new: int, chunk,
               timer=None) -> tuple:
-    """Greedy decoding up to ``max_new`` tokens or EOS; prefill and decode timed on ``timer`` if given."""
-    from contextlib import nullcontext
+    """Own-layout prompt [BOS][video][prompt] through the one generate loop (stops at EOS)."""
+    from bench.generate import generate
 
-    from bench.pipeline import decode_step, prefill
-
-    stage = timer.stage if timer is not None else (lambda name: nullcontext())
     device = vision.device
     bos = torch.tensor([[tok.bos_id]], device=device)
     prompt = torch.tensor([prompt_ids], device=device)
     embeds = torch.cat([bb.embed(bos), vision.to(bb.dtype), bb.embed(prompt)], dim=1)
-    with stage("prefill_s"):
-        logits, seq = prefill(bb, embeds, compressor=compressor, vision=(1, 1 + vision.shape[1]), chunk=chunk)
-    kept, first = seq.length, logits[0].float()
-    out: list[int] = []
-    token = logits.argmax(-1, keepdim=True)
-    with stage("decode_s"):
-        while int(token) != tok.eos_id and len(out) < max_new:
-            out.append(int(token))
-            if len(out) == max_new:
-                break
-            token = decode_step(bb, token, seq).argmax(-1, keepdim=True)
-    return out, first, kept
+    gen = generate(bb, embeds, max_new_tokens=max_new, eos_id=tok.eos_id, compressor=compressor,
+                   vision=(1, 1 + vision.shape[1]), chunk=chunk, timer=timer)
+    return gen.ids(), gen.first_logits[0], gen.kept
 
 
 def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitles: bool = False,

@@ -91,8 +91,6 @@ def decode_step(backbone: Backbone, token_ids: torch.Tensor, seq: Sequence) -> t
 
 def greedy_generate(backbone: Backbone, embeds: torch.Tensor, new_tokens: int, **prefill_kwargs) -> torch.Tensor:
     """Greedy decoding through the harness: ``new_tokens`` ids per sequence, [batch, new_tokens]."""
-    logits, seq = prefill(backbone, embeds, **prefill_kwargs)
-    tokens = [logits.argmax(-1, keepdim=True)]
-    for _ in range(new_tokens - 1):
-        tokens.append(decode_step(backbone, tokens[-1], seq).argmax(-1, keepdim=True))
-    return torch.cat(tokens, dim=1)
+    from bench.generate import generate
+
+    return generate(backbone, embeds, max_new_tokens=new_tokens, **prefill_kwargs).tokens

@@ -22,7 +22,7 @@ import torch
 from architectures import ARCHITECTURES
 from bench.errors import UserError
 from bench.meters import MemoryMeter, StageTimer, release_free_memory
-from bench.pipeline import decode_step, prefill
+from bench.generate import generate
 from bench.records import environment, make_record
 from bench.spec import CellSpec
 from compressors.base import make_compressor
@@ -99,19 +99,14 @@ def one_pass(spec: CellSpec, model: Model, request, meter: MemoryMeter) -> dict:
                 vision = torch.randn(*shape[:3], bb.hidden_size, generator=gen, device=spec.device,
                                      dtype=bb.dtype) * 0.02
             vision = compressor.after_projector(vision)
-        with timer.stage("prefill_s"):
-            bos = torch.full((batch, 1), request.bos_id, device=spec.device)
-            embeds = torch.cat([bb.embed(bos), vision, bb.embed(request.prompt_ids)], dim=1)
-            span = (1, 1 + vision.shape[1])
-            del vision
-            logits, seq = prefill(bb, embeds, compressor=compressor, vision=span, chunk=spec.prefill_chunk)
-            del embeds
-            token = logits.argmax(-1, keepdim=True)
-            kept = seq.length
-        meter.sample()
-        with timer.stage("decode_s"):
-            for _ in range(spec.new_tokens):  # forced: no stop token
-                token = decode_step(bb, token, seq).argmax(-1, keepdim=True)
+        bos = torch.full((batch, 1), request.bos_id, device=spec.device)
+        embeds = torch.cat([bb.embed(bos), vision, bb.embed(request.prompt_ids)], dim=1)
+        span = (1, 1 + vision.shape[1])
+        del vision
+        # forced: the first token and --new-tokens decode steps, no stop token
+        kept = generate(bb, embeds, max_new_tokens=spec.new_tokens + 1, compressor=compressor, vision=span,
+                        chunk=spec.prefill_chunk, timer=timer, after_prefill=meter.sample).kept
+        del embeds
         meter.sample()
     t = timer.times
     input_tokens = 1 + n_vision + spec.prompt_tokens
