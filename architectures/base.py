@@ -55,6 +55,7 @@ class Backbone:
     model_class: ClassVar[type]
     presets: ClassVar[dict[str, dict[str, Any]]]
     attn_implementation: ClassVar[str | None] = attention.NAME  # None for attention-free models
+    takes_frames: ClassVar[bool] = False  # True for real video LLMs: their own processor and vision tower
 
     def __init__(self, model: nn.Module, preset: str | None = None, checkpoint: str | None = None):
         self.model = model.eval()

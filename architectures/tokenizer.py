@@ -54,7 +54,23 @@ class CheckpointTokenizer:
         return self.tok.decode(ids, skip_special_tokens=True)
 
 
-def tokenizer_for(backbone) -> ByteTokenizer | CheckpointTokenizer:
+class ProcessorTokenizer:
+    """A real video LLM's tokenizer (its processor's); EOS from its generation config, as generate() stops."""
+
+    def __init__(self, backbone):
+        self.tok = backbone.processor.tokenizer
+        self.name = f"checkpoint:{backbone.checkpoint}" if backbone.checkpoint else f"offline:{backbone.name}"
+        eos = getattr(backbone.model.generation_config, "eos_token_id", None)
+        self.eos_id = eos if eos is not None else self.tok.eos_token_id
+        self.bos_id = self.tok.bos_token_id
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+
+def tokenizer_for(backbone) -> ByteTokenizer | CheckpointTokenizer | ProcessorTokenizer:
+    if backbone.takes_frames:
+        return ProcessorTokenizer(backbone)
     if backbone.checkpoint:
         return CheckpointTokenizer(backbone.checkpoint)
     return ByteTokenizer(backbone.config.vocab_size)

@@ -25,15 +25,16 @@ class Generation:
 
 
 @torch.inference_mode()
-def generate(backbone, embeds: torch.Tensor | None = None, *, max_new_tokens: int, eos_id: int | None = None,
+def generate(backbone, embeds: torch.Tensor | None = None, *, max_new_tokens: int, eos_id=None,
              compressor=None, vision=(0, 0), state=None, chunk: int | None = None, timer=None,
              after_prefill=None) -> Generation:
     """Greedy decoding of at most ``max_new_tokens`` tokens per sequence.
 
-    With ``eos_id`` (batch 1) generation stops before EOS. ``state`` is a ready token state
+    With ``eos_id`` (an id or a collection of ids; batch 1) generation stops before EOS. ``state`` is a ready token state
     (real video LLMs); otherwise ``embeds`` with the ``vision`` span or mask.
     ``after_prefill`` is called between the prefill and the decode stages (memory sampling).
     """
+    eos = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
     stage = timer.stage if timer is not None else (lambda name: nullcontext())
     with stage("prefill_s"):
         logits, seq = prefill(backbone, embeds, compressor=compressor, vision=vision, chunk=chunk, state=state)
@@ -44,7 +45,7 @@ def generate(backbone, embeds: torch.Tensor | None = None, *, max_new_tokens: in
     out: list[torch.Tensor] = []
     with stage("decode_s"):
         while max_new_tokens > 0:
-            if eos_id is not None and int(token[0, 0]) == eos_id:
+            if eos and int(token[0, 0]) in eos:
                 break
             out.append(token)
             if len(out) == max_new_tokens:

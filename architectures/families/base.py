@@ -53,6 +53,8 @@ class FamilyBackbone(Backbone):
     model_class: ClassVar[type]
     presets: ClassVar[dict[str, dict[str, Any]]]
     attn_implementation = attention.NAME
+    takes_frames = True
+    frame_sizes: ClassVar[dict[str, int]] = {}  # preset -> side of the frames handed to the processor
     text_layers_path: ClassVar[str]  # attribute path from the library model to the text decoder
     head_path: ClassVar[str] = "lm_head"
 
@@ -165,6 +167,11 @@ class FamilyBackbone(Backbone):
 
     def logits(self, hidden):
         return self.head(self.final_norm(hidden).to(self.head.weight.dtype)).float()
+
+    @property
+    def frame_size(self) -> int:
+        """Side (pixels) of synthetic or decoded frames handed to the processor (it resizes them itself)."""
+        return self.frame_sizes.get(self.preset or "paper", self.frame_sizes["paper"])
 
     # --- the prompt: frames + text -> processor inputs -> token state -------------------------
     def chat_text(self, prompt: str) -> str:

@@ -49,6 +49,7 @@ class NemotronOmni(FamilyBackbone):
     model_class = NemotronH_Omni_Reasoning_V3
     text_layers_path = "language_model.model"
     head_path = "language_model.lm_head"
+    frame_sizes = {"tiny": 64, "small": 128, "paper": 512}
     presets = {
         "tiny": _preset(256, 64, "MEM*-M", 4, 2, 16, 8, 16, 16, 2, 4, 2, 32, 32, 32, 2, 2, 64, 64, chunk=16),
         "small": _preset(4096, 256, "MEM*EMEM*EM-", 8, 2, 32, 16, 32, 32, 2, 8, 2, 128, 256, 128, 4, 4, 128, 512),

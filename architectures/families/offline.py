@@ -116,6 +116,8 @@ def write_checkpoint(arch: str, preset: str, directory, seed: int = 0, **top_ove
     config = cls.make_config(preset, **top_overrides)
     torch.manual_seed(seed)
     model = cls.model_class(config)
+    processor = make_processor(cls.family, config)
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id  # as the releases' generation_config
     model.save_pretrained(directory)
-    make_processor(cls.family, config).save_pretrained(directory)
+    processor.save_pretrained(directory)
     return str(directory)
