@@ -126,6 +126,12 @@ class Backbone:
             model = cls.model_class(cls.make_config(preset))
         return sum(p.numel() for p in model.parameters())
 
+    @classmethod
+    def param_counts(cls, preset: str) -> dict[str, int]:
+        """Total and active parameters per token (equal for dense models), on the meta device."""
+        total = cls.param_count(preset)
+        return {"total": total, "active": total}
+
     # --- pieces of the forward pass, used by bench.pipeline ------------------------------
     @property
     def decoder(self) -> nn.Module:
