@@ -28,7 +28,8 @@ ATTENTION, MAMBA, MLP = "attention", "mamba", "mlp"
 class LayerInput:
     """What one call of a layer needs besides the hidden states, shared by all layers of a chunk.
 
-    positions: absolute positions (1-D, long) of the tokens in the chunk (rotary embeddings).
+    positions: absolute positions (long, last dimension = the chunk's tokens; [n] or Qwen3-VL's
+    [3, n]) of the tokens in the chunk (rotary embeddings).
     extras: adapter-specific tensors computed once per chunk (rotary cos/sin).
 
     No attention mask is needed: a chunk's queries always sit at the end of its layer's keys
@@ -37,6 +38,11 @@ class LayerInput:
 
     positions: torch.Tensor
     extras: dict[str, Any]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class Backbone:
@@ -49,6 +55,7 @@ class Backbone:
     model_class: ClassVar[type]
     presets: ClassVar[dict[str, dict[str, Any]]]
     attn_implementation: ClassVar[str | None] = attention.NAME  # None for attention-free models
+    takes_frames: ClassVar[bool] = False  # True for real video LLMs: their own processor and vision tower
 
     def __init__(self, model: nn.Module, preset: str | None = None, checkpoint: str | None = None):
         self.model = model.eval()
@@ -118,6 +125,12 @@ class Backbone:
             model = cls.model_class(cls.make_config(preset))
         return sum(p.numel() for p in model.parameters())
 
+    @classmethod
+    def param_counts(cls, preset: str) -> dict[str, int]:
+        """Total and active parameters per token (equal for dense models), on the meta device."""
+        total = cls.param_count(preset)
+        return {"total": total, "active": total}
+
     # --- pieces of the forward pass, used by bench.pipeline ------------------------------
     @property
     def decoder(self) -> nn.Module:
@@ -168,6 +181,50 @@ class Backbone:
     def layer_input(self, positions: torch.Tensor) -> LayerInput:
         """Per-chunk inputs shared by all layers (override to add rotary embeddings)."""
         return LayerInput(positions, {})
+
+    def check_compressor(self, compressor) -> None:
+        """Raise UserError if ``compressor`` cannot act on this backbone (beyond its own ``check``)."""
+
+    def after_layer(self, i: int, state) -> None:
+        """Called with the whole prefill sequence after layer i (Qwen3-VL adds DeepStack features here)."""
+
+    # --- explicit structure for compressors (no probing of library modules) ----------------
+    def attention_module(self, i: int) -> nn.Module:
+        """The attention module of layer i (q_proj, k_proj, v_proj, o_proj, head_dim, scaling)."""
+        raise NotImplementedError(f"{self.name} has no attention layers")
+
+    def pre_norm(self, i: int) -> nn.Module:
+        """The norm applied to the hidden states entering layer i's mixer (attention or Mamba)."""
+        raise NotImplementedError
+
+    def rotary(self, positions: torch.Tensor):
+        """(cos, sin) [1, n, head_dim] for these positions, or None if the attention has no rotary."""
+        return self.layer_input(positions).extras.get("rotary")
+
+    def attention_scores(self, i: int, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """[batch, length] attention of the last token over every token at attention layer i, mean over heads.
+
+        Uses the layer's own pre-norm, q/k projections, q/k norms if it has them, and rotary
+        embeddings whenever the layer has rotary (Qwen3, Qwen2, Qwen3-VL's multimodal rotary).
+        """
+        attn = self.attention_module(i)
+        normed = self.pre_norm(i)(hidden)
+        b, length, _ = normed.shape
+        hd = attn.head_dim
+        q = attn.q_proj(normed[:, -1:]).view(b, 1, -1, hd)
+        k = attn.k_proj(normed).view(b, length, -1, hd)
+        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+        if q_norm is not None:
+            q, k = q_norm(q), k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [b, heads, n, hd]
+        rot = self.rotary(positions)
+        if rot is not None:
+            cos, sin = (t.unsqueeze(1) for t in rot)
+            q = q * cos[..., -1:, :] + _rotate_half(q) * sin[..., -1:, :]
+            k = k * cos + _rotate_half(k) * sin
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        scores = (q.float() @ k.float().transpose(-1, -2)).squeeze(2) * attn.scaling  # [b, heads, length]
+        return scores.softmax(-1).mean(1)
 
     # --- to implement -------------------------------------------------------------------
     def layer_kind(self, i: int) -> str:

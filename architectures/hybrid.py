@@ -68,5 +68,11 @@ class Hybrid(Backbone):
     def layer_kind(self, i: int) -> str:
         return {"linear_attention": MAMBA, "full_attention": ATTENTION, "mlp": MLP}[self.config.layers_block_type[i]]
 
+    def attention_module(self, i: int):
+        return self.layers[i].mixer
+
+    def pre_norm(self, i: int):
+        return self.layers[i].norm
+
     def run_layer(self, i, hidden, cache, inp: LayerInput):
         return self.layers[i](hidden, past_key_values=cache, attention_mask=None, use_cache=cache is not None)

@@ -39,5 +39,8 @@ class Mamba(Backbone):
     def layer_kind(self, i: int) -> str:
         return MAMBA
 
+    def pre_norm(self, i: int):
+        return self.layers[i].norm
+
     def run_layer(self, i, hidden, cache, inp: LayerInput):
         return self.layers[i](hidden, cache_params=cache, attention_mask=None)

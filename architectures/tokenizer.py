@@ -6,6 +6,8 @@ b is id b + 3, so every preset (vocabulary >= 259) can run a task end to end.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from bench.errors import UserError
 
 PAD, BOS, EOS, OFFSET = 0, 1, 2, 3
@@ -44,14 +46,31 @@ class CheckpointTokenizer:
         if getattr(self.tok, "chat_template", None):
             ids = self.tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                                tokenize=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+            # transformers 5 returns a BatchEncoding (a Mapping, not a dict): list() of it would be its keys
+            return [int(i) for i in (ids["input_ids"] if isinstance(ids, Mapping) else ids)]
         return self.tok.encode(text, add_special_tokens=False)
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
 
 
-def tokenizer_for(backbone) -> ByteTokenizer | CheckpointTokenizer:
+class ProcessorTokenizer:
+    """A real video LLM's tokenizer (its processor's); EOS from its generation config, as generate() stops."""
+
+    def __init__(self, backbone):
+        self.tok = backbone.processor.tokenizer
+        self.name = f"checkpoint:{backbone.checkpoint}" if backbone.checkpoint else f"offline:{backbone.name}"
+        eos = getattr(backbone.model.generation_config, "eos_token_id", None)
+        self.eos_id = eos if eos is not None else self.tok.eos_token_id
+        self.bos_id = self.tok.bos_token_id
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+
+def tokenizer_for(backbone) -> ByteTokenizer | CheckpointTokenizer | ProcessorTokenizer:
+    if backbone.takes_frames:
+        return ProcessorTokenizer(backbone)
     if backbone.checkpoint:
         return CheckpointTokenizer(backbone.checkpoint)
     return ByteTokenizer(backbone.config.vocab_size)

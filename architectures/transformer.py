@@ -42,6 +42,12 @@ class Transformer(Backbone):
     def layer_kind(self, i: int) -> str:
         return ATTENTION
 
+    def attention_module(self, i: int):
+        return self.layers[i].self_attn
+
+    def pre_norm(self, i: int):
+        return self.layers[i].input_layernorm
+
     def layer_input(self, positions: torch.Tensor) -> LayerInput:
         dummy = torch.empty(0, dtype=self.dtype, device=positions.device)
         cos, sin = self.decoder.rotary_emb(dummy, positions[None])

@@ -46,6 +46,11 @@ VISION_PRESETS: dict[str, dict] = {
 ATTN_IMPLEMENTATION = "sdpa"
 
 
+def siglip_normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """[0, 1] pixels -> SigLIP's input range: (x - mean) / std with mean = std = 0.5 per channel."""
+    return (pixels - 0.5) / 0.5
+
+
 def vision_config_from(config: SiglipVisionConfig) -> SiglipVisionConfig:
     """A loaded tower config prepared like the presets' (SDPA attention, no pooling head)."""
     config.vision_use_head = False
@@ -180,15 +185,15 @@ class VisionSide(nn.Module):
     def encode(self, frames: torch.Tensor, compressor=None) -> torch.Tensor:
         """[N, 3, H, W] frames -> [N, patches, vision_dim] second-to-last layer features.
 
-        Frames are moved to the model's device and dtype one batch of ``frame_batch`` at a time,
-        in order. A compressor with a tower hook (e.g. STC-Cacher) encodes each batch instead.
+        Frames ([0, 1] pixels) are moved to the model's device and dtype one batch of ``frame_batch``
+        at a time, in order, and normalised as SigLIP's processor does ((x - 0.5) / 0.5). A compressor with a tower hook (e.g. STC-Cacher) encodes each batch instead.
         """
         self._check_frames(frames)
         encode = self.tower_features
         if compressor is not None and compressor.wants_tower_hook:
             encode = lambda pixels: compressor.tower_features(self, pixels)  # noqa: E731
         out = [
-            encode(frames[i:i + self.frame_batch].to(self.device, self.dtype))
+            encode(siglip_normalise(frames[i:i + self.frame_batch].to(self.device, self.dtype)))
             for i in range(0, frames.shape[0], self.frame_batch)
         ]
         if not out:

@@ -171,7 +171,10 @@ def cmd_list(args) -> int:
            for title, reg in registries.items()}
     for name, entry in out["architectures"].items():
         arch = ARCHITECTURES.get(name)
-        entry["presets"] = {p: {"params": arch.param_count(p)} for p in getattr(arch, "presets", {})}
+        entry["presets"] = {}
+        for p in getattr(arch, "presets", {}):
+            counts = arch.param_counts(p)
+            entry["presets"][p] = {"params": counts["total"], "active_params": counts["active"]}
     print(json.dumps(out, indent=2))
     return 0
 

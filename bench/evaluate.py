@@ -57,28 +57,66 @@ def _jsonable(value: Any) -> Any:
 
 def _generate(bb, compressor, vision: torch.Tensor, prompt_ids: list[int], tok, max_new: int, chunk,
               timer=None) -> tuple:
-    """Greedy decoding up to ``max_new`` tokens or EOS; prefill and decode timed on ``timer`` if given."""
-    from contextlib import nullcontext
+    """Own-layout prompt [BOS][video][prompt] through the one generate loop (stops at EOS)."""
+    from bench.generate import generate
 
-    from bench.pipeline import decode_step, prefill
-
-    stage = timer.stage if timer is not None else (lambda name: nullcontext())
     device = vision.device
     bos = torch.tensor([[tok.bos_id]], device=device)
     prompt = torch.tensor([prompt_ids], device=device)
     embeds = torch.cat([bb.embed(bos), vision.to(bb.dtype), bb.embed(prompt)], dim=1)
-    with stage("prefill_s"):
-        logits, seq = prefill(bb, embeds, compressor=compressor, vision=(1, 1 + vision.shape[1]), chunk=chunk)
-    kept, first = seq.length, logits[0].float()
-    out: list[int] = []
-    token = logits.argmax(-1, keepdim=True)
-    with stage("decode_s"):
-        while int(token) != tok.eos_id and len(out) < max_new:
-            out.append(int(token))
-            if len(out) == max_new:
-                break
-            token = decode_step(bb, token, seq).argmax(-1, keepdim=True)
-    return out, first, kept
+    gen = generate(bb, embeds, max_new_tokens=max_new, eos_id=tok.eos_id, compressor=compressor,
+                   vision=(1, 1 + vision.shape[1]), chunk=chunk, timer=timer)
+    return gen.ids(), gen.first_logits[0], gen.kept
+
+
+def _kl(ref_first: torch.Tensor, first: torch.Tensor) -> float:
+    """KL(uncompressed || compressed) of the first generated token's distribution."""
+    log_p, log_q = ref_first.float().log_softmax(-1), first.float().log_softmax(-1)
+    return float((log_p.exp() * (log_p - log_q)).sum())
+
+
+def _own_layout_doc(bb, compressor, reference, frames, prompt: str, max_new: int, tok, chunk, timer, *,
+                    vision_side, seed: int, tokens_per_frame: int):
+    """The own layout: vision side (or random vision embeddings), then [BOS][video][chat-templated prompt]."""
+    with torch.inference_mode():
+        with timer.stage("vision_s"):
+            compressor.reset()
+            if vision_side is not None:
+                compressor.new_video()
+                tokens = vision_side(frames, compressor)
+            else:
+                gen = torch.Generator().manual_seed(seed)
+                tokens = torch.randn(frames.shape[0], tokens_per_frame, bb.hidden_size, generator=gen) * 0.02
+            tokens = tokens.to(bb.device, bb.dtype)[None]  # [1, frames, tokens per frame, hidden]
+            vision = compressor.after_projector(tokens)
+        prompt_ids = tok.encode_prompt(prompt)
+        ids, first, kept = _generate(bb, compressor, vision, prompt_ids, tok, max_new, chunk, timer)
+        ref = None
+        if reference is not None:
+            ref_ids, ref_first, _ = _generate(bb, reference, reference.after_projector(tokens), prompt_ids, tok,
+                                              max_new, chunk)
+            ref = (ref_ids, ref_first)
+    return ids, first, kept, 1 + tokens.shape[1] * tokens.shape[2] + len(prompt_ids), ref
+
+
+def _video_llm_doc(bb, compressor, reference, frames, prompt: str, max_new: int, tok, chunk, timer, **_):
+    """A real video LLM: the checkpoint's chat template and processor, then the one generate loop."""
+    from bench.generate import generate
+
+    with torch.inference_mode():
+        with timer.stage("vision_s"):
+            compressor.reset()
+            compressor.new_video()
+            inputs = bb.processor_inputs(frames, prompt)
+            encoded = bb.encode(inputs, compressor)
+        gen = generate(bb, max_new_tokens=max_new, eos_id=tok.eos_id, compressor=compressor, state=encoded.state,
+                       chunk=chunk, timer=timer)
+        ref = None
+        if reference is not None:
+            plain = generate(bb, max_new_tokens=max_new, eos_id=tok.eos_id, compressor=reference,
+                             state=bb.encode(inputs, reference).state, chunk=chunk)
+            ref = (plain.ids(), plain.first_logits[0])
+    return gen.ids(), gen.first_logits[0], gen.kept, encoded.input_ids.shape[1], ref
 
 
 def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitles: bool = False,
@@ -111,37 +149,24 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
                 video = Path(doc.video)
                 if not video.is_absolute() and not video.exists():
                     video = Path(data_dir) / video
-                size = vision_side.image_size if vision_side is not None else 32
+                # a real video LLM's processor resizes the frames itself
+                size = None if bb.takes_frames else vision_side.image_size if vision_side is not None else 32
                 frames, _ = (load_frames(video, fps=fps, max_frames=spec.frames, size=size) if fps
                              else load_frames(video, frames=spec.frames, size=size))
-            with torch.inference_mode():
-                with timer.stage("vision_s"):
-                    compressor.reset()
-                    if vision_side is not None:
-                        compressor.new_video()
-                        tokens = vision_side(frames, compressor)
-                    else:
-                        gen = torch.Generator().manual_seed(spec.seed + k)
-                        tokens = torch.randn(frames.shape[0], spec.tokens_per_frame, bb.hidden_size,
-                                             generator=gen) * 0.02
-                    tokens = tokens.to(spec.device, bb.dtype)[None]  # [1, frames, tokens per frame, hidden]
-                    vision = compressor.after_projector(tokens)
-                prompt_ids = tok.encode_prompt(doc.prompt)
-                max_new = task.max_new_tokens_for(doc) if hasattr(task, "max_new_tokens_for") else task.max_new_tokens
-                ids, first, kept = _generate(bb, compressor, vision, prompt_ids, tok, max_new, spec.prefill_chunk,
-                                             timer)
-                entry["output"] = tok.decode(ids)
-                parsed = task.parse(entry["output"])
-                if reference is not None:
-                    ref_ids, ref_first, _ = _generate(bb, reference, reference.after_projector(tokens), prompt_ids,
-                                                      tok, max_new, spec.prefill_chunk)
-                    log_p, log_q = ref_first.log_softmax(-1), first.log_softmax(-1)
-                    kls.append(float((log_p.exp() * (log_p - log_q)).sum()))
-                    agreement.append(task.parse(tok.decode(ref_ids)) == parsed)
+            max_new = task.max_new_tokens_for(doc) if hasattr(task, "max_new_tokens_for") else task.max_new_tokens
+            run_doc = _video_llm_doc if bb.takes_frames else _own_layout_doc
+            ids, first, kept, tokens_in, ref = run_doc(bb, compressor, reference, frames, doc.prompt, max_new, tok,
+                                                       spec.prefill_chunk, timer, vision_side=vision_side,
+                                                       seed=spec.seed + k, tokens_per_frame=spec.tokens_per_frame)
+            entry["output"] = tok.decode(ids)
+            parsed = task.parse(entry["output"])
+            if ref is not None:
+                kls.append(_kl(ref[1], first))
+                agreement.append(task.parse(tok.decode(ref[0])) == parsed)
             entry["parsed"] = _jsonable(parsed)
             entry["score"] = task.score(doc, parsed)
-            entry.update(tokens_in=1 + tokens.shape[1] * tokens.shape[2] + len(prompt_ids),
-                         tokens_after_compression=kept, timings={**timer.times, "new_tokens": len(ids)})
+            entry.update(tokens_in=tokens_in, tokens_after_compression=kept,
+                         timings={**timer.times, "new_tokens": len(ids)})
             timings.append(entry["timings"])
             scores.append(entry["score"])
         except (VideoError, RuntimeError, ValueError) as exc:

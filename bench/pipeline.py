@@ -18,20 +18,7 @@ from typing import Any
 import torch
 
 from architectures.base import Backbone, LayerInput
-
-
-@dataclass
-class TokenState:
-    """The sequence as it flows through the layers during prefill.
-
-    hidden: [batch, length, hidden]; positions: [length] absolute positions of the tokens
-    still present; vision: the span of vision tokens in the current sequence (start, end).
-    A compressor hook may shorten all three consistently.
-    """
-
-    hidden: torch.Tensor
-    positions: torch.Tensor
-    vision: tuple[int, int] = (0, 0)
+from architectures.tokens import TokenState  # noqa: F401 (re-exported for compressors and tests)
 
 
 @dataclass
@@ -53,9 +40,9 @@ class Sequence:
 
 
 def _chunk_inputs(backbone: Backbone, positions: torch.Tensor, chunk: int | None) -> list[tuple[int, int, LayerInput]]:
-    length = positions.shape[0]
+    length = positions.shape[-1]
     step = chunk if chunk and chunk < length else length
-    return [(s, min(s + step, length), backbone.layer_input(positions[s : s + step]))
+    return [(s, min(s + step, length), backbone.layer_input(positions[..., s : s + step]))
             for s in range(0, length, step)]
 
 
@@ -74,6 +61,8 @@ def _run_layer_chunked(backbone: Backbone, i: int, hidden: torch.Tensor, cache, 
 def prefill(backbone: Backbone, embeds: torch.Tensor, *, grad: bool = False, **kwargs) -> tuple[torch.Tensor, Sequence]:
     """Run the prompt embeddings through every layer; return last-position logits [batch, vocab].
 
+    ``vision`` is a (start, end) span or a bool mask over the sequence. A real video LLM passes a
+    ready ``state`` instead (its own positions, vision mask, frame indices and DeepStack features).
     Inference mode, unless ``grad``: then the autograd graph is kept, so that what a compressor
     adds (TransV's cross-attention) trains through the very loop that measures it.
     """
@@ -81,23 +70,26 @@ def prefill(backbone: Backbone, embeds: torch.Tensor, *, grad: bool = False, **k
         return _prefill(backbone, embeds, **kwargs)
 
 
-def _prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, vision: tuple[int, int] = (0, 0),
-             chunk: int | None = None) -> tuple[torch.Tensor, Sequence]:
-    length = embeds.shape[1]
+def _prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, vision=(0, 0),
+             chunk: int | None = None, state: TokenState | None = None) -> tuple[torch.Tensor, Sequence]:
+    if state is None:
+        length = embeds.shape[1]
+        state = TokenState(embeds, torch.arange(length, device=embeds.device),
+                           TokenState.vision_mask(length, vision, embeds.device))
     cache = backbone.new_cache()
-    state = TokenState(embeds, torch.arange(length, device=embeds.device), vision)
     hooked = compressor.llm_layers(backbone) if compressor is not None else ()
     chunks = _chunk_inputs(backbone, state.positions, chunk)
     for i in range(backbone.num_layers):
         if i in hooked:
-            before = state.positions.shape[0]
+            before = state.length
             compressor.before_layer(i, state, backbone, cache)
-            if state.positions.shape[0] != before:
+            if state.length != before:
                 chunks = _chunk_inputs(backbone, state.positions, chunk)
         state.hidden = _run_layer_chunked(backbone, i, state.hidden, cache, chunks)
+        backbone.after_layer(i, state)
     logits = backbone.logits(state.hidden[:, -1:])[:, -1]
-    position = torch.full((1,), length, dtype=torch.long, device=embeds.device)
-    return logits, Sequence(cache, position=position, length=state.positions.shape[0])
+    position = state.positions.max().reshape(1) + 1  # on the device: no host sync (3-D positions: their max)
+    return logits, Sequence(cache, position=position.long(), length=state.length)
 
 
 @torch.inference_mode()
@@ -114,8 +106,6 @@ def decode_step(backbone: Backbone, token_ids: torch.Tensor, seq: Sequence) -> t
 
 def greedy_generate(backbone: Backbone, embeds: torch.Tensor, new_tokens: int, **prefill_kwargs) -> torch.Tensor:
     """Greedy decoding through the harness: ``new_tokens`` ids per sequence, [batch, new_tokens]."""
-    logits, seq = prefill(backbone, embeds, **prefill_kwargs)
-    tokens = [logits.argmax(-1, keepdim=True)]
-    for _ in range(new_tokens - 1):
-        tokens.append(decode_step(backbone, tokens[-1], seq).argmax(-1, keepdim=True))
-    return torch.cat(tokens, dim=1)
+    from bench.generate import generate
+
+    return generate(backbone, embeds, max_new_tokens=new_tokens, **prefill_kwargs).tokens

@@ -22,7 +22,7 @@ import torch
 from architectures import ARCHITECTURES
 from bench.errors import UserError
 from bench.meters import MemoryMeter, StageTimer, release_free_memory
-from bench.pipeline import decode_step, prefill
+from bench.generate import generate
 from bench.records import environment, make_record
 from bench.spec import CellSpec, check_runnable
 from compressors.base import make_compressor
@@ -66,7 +66,7 @@ def build_model(spec: CellSpec) -> Model:
     backbone = ARCHITECTURES.get(spec.arch).build(spec.preset, spec.checkpoint, device=spec.device, dtype=dtype,
                                                   seed=spec.seed)
     vision = None
-    if spec.vision == "siglip":
+    if spec.vision == "siglip" and not backbone.takes_frames:
         from architectures.vision import VisionSide
 
         if spec.checkpoint:
@@ -76,12 +76,55 @@ def build_model(spec: CellSpec) -> Model:
             vision = VisionSide(spec.preset, backbone.hidden_size, spec.tokens_per_frame, dtype=dtype,
                                 device=spec.device, seed=spec.seed)
     compressor = make_compressor(spec.compressor)
+    backbone.check_compressor(compressor)
     compressor.check(backbone)
     compressor.prepare(backbone)
     return Model(backbone, vision, compressor)
 
 
+def synthetic_prompt(n: int) -> str:
+    """An instruction of about ``n`` words for a real video LLM's tokenizer (synthetic workload)."""
+    words = "describe what happens in the video".split()
+    return " ".join(words[i % len(words)] for i in range(n))
+
+
+def one_pass_video_llm(spec: CellSpec, model: Model, request, meter: MemoryMeter) -> dict:
+    """A real video LLM: frames -> its processor and vision code (vision_s) -> the one generate loop."""
+    bb, timer, compressor = model.backbone, StageTimer(spec.device), model.compressor
+    compressor.reset()
+    with torch.inference_mode():
+        with timer.stage("decode_video_s"):
+            frames = request.frames[0]
+        with timer.stage("vision_s"):
+            compressor.new_video()
+            prompt = bb.prompt(frames, synthetic_prompt(spec.prompt_tokens), compressor)
+        kept = generate(bb, max_new_tokens=spec.new_tokens + 1, compressor=compressor, state=prompt.state,
+                        chunk=spec.prefill_chunk, timer=timer).kept
+    return _metrics(spec, timer.times, prompt.input_ids.shape[1], prompt.vision_tokens, kept, compressor)
+
+
+def _metrics(spec: CellSpec, t: dict, input_tokens: int, n_vision: int, kept: int, compressor) -> dict:
+    batch = spec.batch
+    ttft = t["decode_video_s"] + t["vision_s"] + t["prefill_s"]
+    return {
+        "input_tokens": input_tokens,
+        "vision_tokens": n_vision,
+        "tokens_after_compression": kept,
+        "tokens_processed": batch * (input_tokens + spec.new_tokens),
+        "prefill_s": t["prefill_s"],
+        "prefill_tok_s": batch * input_tokens / t["prefill_s"],
+        "ttft_s": ttft,
+        "decode_s": t["decode_s"],
+        "decode_tok_s": batch * spec.new_tokens / t["decode_s"],
+        "e2e_tok_s": batch * (input_tokens + spec.new_tokens) / (ttft + t["decode_s"]),
+        "stages": dict(t),
+        "compressor": compressor.report(),
+    }
+
+
 def one_pass(spec: CellSpec, model: Model, request, meter: MemoryMeter) -> dict:
+    if model.backbone.takes_frames:
+        return one_pass_video_llm(spec, model, request, meter)
     bb, timer, compressor = model.backbone, StageTimer(spec.device), model.compressor
     batch, n_vision = spec.batch, spec.frames * spec.tokens_per_frame
     compressor.reset()
@@ -101,35 +144,15 @@ def one_pass(spec: CellSpec, model: Model, request, meter: MemoryMeter) -> dict:
                 vision = torch.randn(*shape[:3], bb.hidden_size, generator=gen, device=spec.device,
                                      dtype=bb.dtype) * 0.02
             vision = compressor.after_projector(vision)
-        with timer.stage("prefill_s"):
-            bos = torch.full((batch, 1), request.bos_id, device=spec.device)
-            embeds = torch.cat([bb.embed(bos), vision, bb.embed(request.prompt_ids)], dim=1)
-            span = (1, 1 + vision.shape[1])
-            del vision
-            logits, seq = prefill(bb, embeds, compressor=compressor, vision=span, chunk=spec.prefill_chunk)
-            del embeds
-            token = logits.argmax(-1, keepdim=True)
-            kept = seq.length
-        with timer.stage("decode_s"):
-            for _ in range(spec.new_tokens):  # forced: no stop token
-                token = decode_step(bb, token, seq).argmax(-1, keepdim=True)
-    t = timer.times
-    input_tokens = 1 + n_vision + spec.prompt_tokens
-    ttft = t["decode_video_s"] + t["vision_s"] + t["prefill_s"]
-    return {
-        "input_tokens": input_tokens,
-        "vision_tokens": n_vision,
-        "tokens_after_compression": kept,
-        "tokens_processed": batch * (input_tokens + spec.new_tokens),
-        "prefill_s": t["prefill_s"],
-        "prefill_tok_s": batch * input_tokens / t["prefill_s"],
-        "ttft_s": ttft,
-        "decode_s": t["decode_s"],
-        "decode_tok_s": batch * spec.new_tokens / t["decode_s"],
-        "e2e_tok_s": batch * (input_tokens + spec.new_tokens) / (ttft + t["decode_s"]),
-        "stages": dict(t),
-        "compressor": compressor.report(),
-    }
+        bos = torch.full((batch, 1), request.bos_id, device=spec.device)
+        embeds = torch.cat([bb.embed(bos), vision, bb.embed(request.prompt_ids)], dim=1)
+        span = (1, 1 + vision.shape[1])
+        del vision
+        # forced: the first token and --new-tokens decode steps, no stop token
+        kept = generate(bb, embeds, max_new_tokens=spec.new_tokens + 1, compressor=compressor, vision=span,
+                        chunk=spec.prefill_chunk, timer=timer).kept
+        del embeds
+    return _metrics(spec, timer.times, 1 + n_vision + spec.prompt_tokens, n_vision, kept, compressor)
 
 
 def summarise(samples: list[dict], peaks: list[dict]) -> dict:
@@ -181,7 +204,8 @@ class CellRun:
         task = TASKS.get(spec.task)(seed=spec.seed)
         self.request = task.request(batch=spec.batch, frames=spec.frames, prompt_tokens=spec.prompt_tokens,
                                     vocab_size=bb.config.vocab_size, device=spec.device, dtype=bb.dtype,
-                                    image_size=self.model.vision.image_size if self.model.vision else None)
+                                    image_size=(bb.frame_size if bb.takes_frames else
+                                                self.model.vision.image_size if self.model.vision else None))
 
     def measure(self, keep: bool) -> None:
         """One pass; its timings and memory peak are kept unless it is a warm-up."""

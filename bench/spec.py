@@ -83,9 +83,13 @@ def make_spec(values: dict[str, Any]) -> CellSpec:
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise UserError(f"unknown cell setting {unknown[0]!r}; valid: {', '.join(FIELDS)}")
-    if "arch" not in values or not values["arch"]:
-        raise UserError("a cell needs an arch (--arch)")
     v = dict(values)
+    if (not v.get("arch") or v.get("arch") == "auto") and v.get("checkpoint"):
+        from architectures.families import detect
+
+        v["arch"] = detect(v["checkpoint"])  # from config.json's model_type
+    if "arch" not in v or not v["arch"]:
+        raise UserError("a cell needs an arch (--arch, or --checkpoint to detect it)")
     if v.get("memory_budget") is not None:
         v["memory_budget"] = parse_bytes(v["memory_budget"])
     for name in _INT_FIELDS:
@@ -122,7 +126,12 @@ def _validate(s: CellSpec) -> None:
     arch = ARCHITECTURES.get(s.arch)
     if not s.checkpoint and s.preset not in arch.presets:
         raise UserError(f"unknown preset {s.preset!r} for {s.arch}; valid: {', '.join(arch.presets)}")
-    make_compressor(s.compressor).check(arch.skeleton(s.preset, s.checkpoint))
+    if arch.takes_frames and s.batch != 1:
+        raise UserError(f"{s.arch} runs one video per batch (its processor's layout); got batch {s.batch}")
+    skeleton = arch.skeleton(s.preset, s.checkpoint)
+    compressor = make_compressor(s.compressor)
+    skeleton.check_compressor(compressor)
+    compressor.check(skeleton)
     TASKS.get(s.task)
 
 

@@ -19,6 +19,7 @@ COMPRESSORS = Registry(
         "stc_pruner": ("compressors.stc",
                        "stc_pruner:tokens_per_frame=8,variant=paper|code STC-Pruner, keep each frame's novel tokens"),
         "stc": ("compressors.stc", "stc:cache_interval=2,update_ratio=0.25,tokens_per_frame=8 STC-Cacher + STC-Pruner"),
+        "evs": ("compressors.evs", "evs:p=0.5 EVS, drop video tokens similar to the previous frame (Nemotron-Omni's rule)"),
         "visionzip": ("compressors.visionzip",
                       "visionzip:dominant=6,contextual=2 VisionZip, most-attended tokens + merged contextual tokens"),
     },

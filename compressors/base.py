@@ -80,6 +80,8 @@ class Compressor:
         return vision_side.tower_features(pixels)
 
     # --- hook 2: after the projector --------------------------------------------------------
+    kept_slots: torch.Tensor | None = None  # [frames, k] per-frame slots the last after_projector kept, if known
+
     def after_projector(self, vision: torch.Tensor) -> torch.Tensor:
         """[batch, frames, tokens, hidden] -> [batch, tokens', hidden]."""
         return vision.flatten(1, 2)

@@ -6,16 +6,18 @@ A drop stage acts before LLM layer ``l`` on the whole prefill sequence. With dro
 
 - ``uni``: evenly spaced tokens (linspace over the vision span);
 - ``attn``: the tokens receiving the most attention from the last instruction token,
-  scored with an attention layer's own q/k projections (and, for Qwen3, its q/k norms and
-  rotary embeddings), softmax over every key the token sees, mean over heads. Which layer
+  scored with an attention layer's own q/k projections, its q/k norms if it has them and
+  its rotary embeddings whenever it has rotary, softmax over every key the token sees, mean over heads. Which layer
   scores: layer ``l`` if it is an attention layer; otherwise the nearest attention layer
   at or after ``l`` (before ``l`` if none follows), applied to the hidden states entering
   ``l``. A backbone without attention (pure Mamba-2) ranks by cosine similarity between the
   last instruction token and each vision token after layer ``l``'s pre-norm. With a batch,
   scores are averaged over the batch so every sequence keeps the same positions.
 
-Kept tokens keep their positions (rotary embeddings) and their order; later layers, their
-caches and decoding all work on the shortened sequence. Dropping happens in prefill only.
+Vision tokens are a mask over the sequence (``architectures.tokens.TokenState``). Kept tokens keep
+their positions (1-D or Qwen3-VL's 3-D rotary), their order and their DeepStack features; later
+layers, their caches and decoding all work on the shortened sequence. Dropping happens in
+prefill only. Scores use the backbone's explicit API (attention module, pre-norm, rotary).
 """
 
 from __future__ import annotations
@@ -71,41 +73,15 @@ def scoring_layer(backbone, layer: int) -> int | None:
     return after[0] if after else attn[-1]
 
 
-def _last_token_attention(backbone, j: int, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """[batch, length] attention probabilities of the last token over every token, mean over heads."""
-    layer = backbone.layers[j]
-    attn = layer.self_attn if hasattr(layer, "self_attn") else layer.mixer
-    normed = (layer.input_layernorm if hasattr(layer, "input_layernorm") else layer.norm)(hidden)
-    b, length, _ = normed.shape
-    hd = attn.head_dim
-    q = attn.q_proj(normed[:, -1:]).view(b, 1, -1, hd)
-    k = attn.k_proj(normed).view(b, length, -1, hd)
-    if hasattr(attn, "q_norm"):  # Qwen3: per-head norms, then rotary embeddings
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        inp = backbone.layer_input(positions)
-        cos, sin = inp.extras["rotary"]
-        from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
-
-        q_rot, _ = apply_rotary_pos_emb(q.transpose(1, 2), q.transpose(1, 2), cos[:, -1:], sin[:, -1:])
-        _, k_rot = apply_rotary_pos_emb(k.transpose(1, 2), k.transpose(1, 2), cos, sin)
-        q, k = q_rot, k_rot
-    else:
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    scores = (q.float() @ k.float().transpose(-1, -2)).squeeze(2) * attn.scaling  # [b, heads, length]
-    return scores.softmax(-1).mean(1)
-
-
-def attention_keep(backbone, layer: int, hidden: torch.Tensor, positions: torch.Tensor,
-                   span: tuple[int, int], kept: int) -> torch.Tensor:
-    """Indices (within the vision span, ascending) of the ``kept`` most attended vision tokens."""
-    s, e = span
+def attention_keep(backbone, layer: int, state, kept: int) -> torch.Tensor:
+    """Ranks (among the vision tokens, ascending) of the ``kept`` most attended vision tokens."""
+    vis = state.vision_index()
     j = scoring_layer(backbone, layer)
     if j is None:
-        normed = backbone.layers[layer].norm(hidden)
-        scores = F.cosine_similarity(normed[:, s:e].float(), normed[:, -1:].float(), dim=-1)
+        normed = backbone.pre_norm(layer)(state.hidden)
+        scores = F.cosine_similarity(normed[:, vis].float(), normed[:, -1:].float(), dim=-1)
     else:
-        scores = _last_token_attention(backbone, j, hidden, positions)[:, s:e]
+        scores = backbone.attention_scores(j, state.hidden, state.positions)[:, vis]
     scores = scores.mean(0)
     order = torch.sort(scores, descending=True, stable=True).indices  # ties: the lower index first
     return order[:kept].sort().values
@@ -134,41 +110,24 @@ class Dropper(Compressor):
     def select(self, stage: Stage, state, backbone, n: int, kept: int) -> torch.Tensor:
         if stage.kind == "uni":
             return uniform_keep(n, kept, state.hidden.device)
-        return attention_keep(backbone, stage.layer, state.hidden, state.positions, state.vision, kept)
+        return attention_keep(backbone, stage.layer, state, kept)
 
     def before_layer(self, i: int, state, backbone, cache) -> None:
         for stage in self.plan():
             if stage.layer != i:
                 continue
             with self.timed():
-                s, e = state.vision
-                n = e - s
+                n = int(state.vision.sum())
                 kept = kept_count(n, stage.p) if n else 0
                 if kept < n:
                     idx = self.select(stage, state, backbone, n, kept)
                     self.kept_indices[i] = idx
-                    dropped = drop_tokens(state, idx)
+                    dropped = state.drop_vision(idx)
                     self.transfer(i, state, dropped, backbone)
             self.record("layer", n, kept, layer=i, kind=stage.kind, p=stage.p)
 
     def transfer(self, i: int, state, dropped: torch.Tensor, backbone) -> None:
         """What to do with the dropped tokens' hidden states (TD: nothing)."""
-
-
-def drop_tokens(state, keep: torch.Tensor) -> torch.Tensor:
-    """Keep the vision tokens at ``keep`` (ascending, within the span); return the dropped ones' hidden states."""
-    s, e = state.vision
-    n = e - s
-    mask = torch.ones(n, dtype=torch.bool, device=keep.device)
-    mask[keep] = False
-    gone = mask.nonzero().squeeze(1)
-    dropped = state.hidden[:, s + gone]
-    index = torch.cat([torch.arange(s, device=keep.device), s + keep,
-                       torch.arange(e, state.hidden.shape[1], device=keep.device)])
-    state.hidden = state.hidden[:, index]
-    state.positions = state.positions[index]
-    state.vision = (s, s + keep.numel())
-    return dropped
 
 
 @register_compressor("uniform")

@@ -260,6 +260,7 @@ class STCPruner(Compressor):
                 out = vision.flatten(1, 2)
             else:
                 keep = top_in_order(novelty(vision, self.variant), k)
+                self.kept_slots = keep[0]  # [frames, k]: which of each frame's tokens survive (real models)
                 out = vision.gather(2, keep[..., None].expand(-1, -1, -1, hidden)).flatten(1, 2)
         self.record("projector", frames * tokens, frames * k)
         return out

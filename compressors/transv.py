@@ -54,10 +54,6 @@ class GatedCrossAttention(nn.Module):
         return x1 + (torch.tanh(self.alpha) * out).to(x1.dtype)
 
 
-def _attention_module(layer):
-    return layer.self_attn if hasattr(layer, "self_attn") else layer.mixer
-
-
 @register_compressor("transv")
 class TransV(TokenDropping):
     """TransV: TD schedule plus gated cross-attention transfer of dropped tokens (gates start at 0)."""
@@ -111,8 +107,7 @@ class TransV(TokenDropping):
         attn_layers = backbone.attention_layers()
         cfg = backbone.config
         if attn_layers:
-            shape = (cfg.num_attention_heads, cfg.num_key_value_heads, _attention_module(backbone.layers[
-                attn_layers[0]]).head_dim)
+            shape = (cfg.num_attention_heads, cfg.num_key_value_heads, backbone.attention_module(attn_layers[0]).head_dim)
         else:
             head_dim = min(128, backbone.hidden_size)
             shape = (backbone.hidden_size // head_dim,) * 2 + (head_dim,)
@@ -123,7 +118,7 @@ class TransV(TokenDropping):
             module = GatedCrossAttention(backbone.hidden_size, *shape, **factory)
             if self.settings["init"] == "nearest_attn":
                 j = min(attn_layers, key=lambda a: (abs(a - stage.layer), -a))
-                source = _attention_module(backbone.layers[j])
+                source = backbone.attention_module(j)
                 for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
                     getattr(module, name).weight.data.copy_(getattr(source, name).weight.data)
             else:
@@ -142,7 +137,8 @@ class TransV(TokenDropping):
         return sum(p.numel() for p in self.cross.parameters()) if self.cross is not None else 0
 
     def transfer(self, i: int, state, dropped: torch.Tensor, backbone) -> None:
-        e = state.vision[1]
+        vis = state.vision_index()
+        e = int(vis[-1]) + 1 if vis.numel() else int(state.vision.numel())  # instruction: after the last vision token
         if dropped.shape[1] == 0 or e >= state.hidden.shape[1]:
             return
         x1 = self.cross[str(i)](state.hidden[:, e:], dropped)

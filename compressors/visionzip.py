@@ -82,6 +82,9 @@ class VisionZip(Compressor):
                 x = vision.reshape(b * frames, tokens, hidden)
                 top, rest = split_dominant(received_attention(x), self.dominant)
                 parts = [x.gather(1, top[..., None].expand(-1, -1, hidden))]
+                centres = torch.arange(self.contextual, device=x.device) * rest.shape[1] // max(self.contextual, 1)
+                # slots each output token takes on a real model: dominant tokens, then the contextual centres
+                self.kept_slots = torch.cat([top, rest[:, centres]], dim=1)[:frames]
                 if self.contextual:
                     parts.append(merge_contextual(x.gather(1, rest[..., None].expand(-1, -1, hidden)),
                                                   self.contextual))

@@ -11,7 +11,7 @@ from bench.pipeline import decode_step, prefill
 from bench.runner import run_cell
 from bench.spec import make_spec
 from compressors.base import kept_count, make_compressor
-from compressors.dropping import TokenDropping, _last_token_attention, parse_schedule, uniform_keep
+from compressors.dropping import TokenDropping, parse_schedule, uniform_keep
 
 ARCHS = ["transformer", "mamba", "hybrid"]
 N_VISION, N_PROMPT = 96, 12
@@ -141,10 +141,11 @@ def test_transv_with_open_gates_changes_only_tokens_after_the_span(arch):
     spy(tv, "tv")
     prefill(bb, emb, compressor=td, vision=SPAN)
     prefill(bb, emb, compressor=tv, vision=SPAN)
-    (h_td, span), (h_tv, span_tv) = seen["td"], seen["tv"]
-    assert span == span_tv
-    assert torch.equal(h_td[:, : span[1]], h_tv[:, : span[1]])
-    assert not torch.allclose(h_td[:, span[1]:], h_tv[:, span[1]:])
+    (h_td, mask), (h_tv, mask_tv) = seen["td"], seen["tv"]
+    assert torch.equal(mask, mask_tv)
+    end = int(mask.nonzero().max()) + 1  # the instruction starts after the last vision token
+    assert torch.equal(h_td[:, :end], h_tv[:, :end])
+    assert not torch.allclose(h_td[:, end:], h_tv[:, end:])
 
 
 def test_transv_nearest_attn_init_copies_the_nearest_attention_layer():
@@ -192,7 +193,7 @@ def test_attention_scores_are_the_layers_own_attention(arch):
     attn = layer.self_attn if arch == "transformer" else layer.mixer
     emb = inputs(bb)
     positions = torch.arange(emb.shape[1])
-    ours = _last_token_attention(bb, j, emb, positions)
+    ours = bb.attention_scores(j, emb, positions)
     normed = (layer.input_layernorm if arch == "transformer" else layer.norm)(emb)
     kwargs = {"position_embeddings": bb.layer_input(positions).extras["rotary"]} if arch == "transformer" else {}
     before = bb.config._attn_implementation

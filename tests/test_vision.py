@@ -124,7 +124,8 @@ def test_forward_shape(tiny, frames):
 def test_encode_is_second_to_last_layer(tiny, frames):
     with torch.inference_mode():
         feats = tiny.encode(frames)
-        ref = tiny.tower(pixel_values=frames, output_hidden_states=True)
+        # SigLIP's processor normalises [0, 1] pixels with mean = std = 0.5
+        ref = tiny.tower(pixel_values=(frames - 0.5) / 0.5, output_hidden_states=True)
     assert feats.shape == (5, 64, 64)
     assert torch.allclose(feats, ref.hidden_states[-2], atol=1e-5)
     assert not torch.allclose(feats, ref.last_hidden_state, atol=1e-3)

@@ -1,0 +1,247 @@
+"""A real video LLM of the library (vision tower + projector + text model) as a harness backbone.
+
+The checkpoint's own processor and chat template turn frames and a prompt into the model's
+inputs; the library model's own vision code (tower, projector/merger/pooling, newline,
+DeepStack) turns pixels into features, which are placed at the placeholder tokens. The text
+model's layers then run through the harness's layer loop (``bench.pipeline``) with the
+compressor hooks, chunked prefill and the library cache.
+
+Each family sets the library classes, the presets (top-level config kwargs with nested
+``text_config``/``vision_config``) and implements ``encode`` (processor inputs -> ``Prompt``),
+the text model's pieces and ``run_layer``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from architectures import attention
+from architectures.base import Backbone
+from architectures.families import check_checkpoint_dir
+from architectures.tokens import TokenState
+from bench.errors import UserError
+
+
+@dataclass
+class Prompt:
+    """One request ready for prefill: the processor's ids and the initial token state."""
+
+    input_ids: torch.Tensor  # [1, length]
+    state: TokenState
+    vision_tokens: int  # vision tokens before any compression
+
+    @property
+    def length(self) -> int:
+        return self.state.length
+
+
+def _identity_hook():
+    from compressors.base import Compressor
+
+    return Compressor.after_projector
+
+
+class FamilyBackbone(Backbone):
+    """Base of the real video LLMs; subclasses name the library classes and the token layout."""
+
+    family: ClassVar[str]
+    config_class: ClassVar[type]
+    model_class: ClassVar[type]
+    presets: ClassVar[dict[str, dict[str, Any]]]
+    attn_implementation = attention.NAME
+    takes_frames = True
+    frame_sizes: ClassVar[dict[str, int]] = {}  # preset -> side of the frames handed to the processor
+    text_layers_path: ClassVar[str]  # attribute path from the library model to the text decoder
+    head_path: ClassVar[str] = "lm_head"
+
+    def __init__(self, model: nn.Module, processor=None, preset: str | None = None, checkpoint: str | None = None):
+        self.model = model.eval()
+        self.vlm_config = model.config
+        self.config = model.config.text_config
+        self.processor = processor
+        self.preset = preset
+        self.checkpoint = checkpoint
+        self.config._attn_implementation = self.attn_implementation  # the text layers use chunk-aware SDPA
+
+    # --- construction --------------------------------------------------------------------
+    @classmethod
+    def token_ids(cls, tokenizer) -> dict[str, int]:
+        """Top-level config kwargs naming the placeholder token ids (from the offline tokenizer)."""
+        return {}
+
+    @classmethod
+    def make_config(cls, preset: str, **overrides):
+        if preset not in cls.presets:
+            raise UserError(f"unknown preset {preset!r} for {cls.name}; valid: {', '.join(cls.presets)}")
+        from architectures.families.offline import make_tokenizer
+
+        kwargs = {**cls.presets[preset], **overrides}
+        tok = make_tokenizer(cls.family)
+        return cls.config_class(**{**cls.token_ids(tok), **kwargs})
+
+    @classmethod
+    def check_checkpoint(cls, checkpoint: str):
+        raw = check_checkpoint_dir(checkpoint)
+        if raw.get("model_type") != cls.family:
+            raise UserError(f"checkpoint {checkpoint} is a {raw.get('model_type')!r} model; {cls.name} needs "
+                            f"{cls.family!r}")
+        return cls.config_class.from_pretrained(checkpoint, local_files_only=True)
+
+    @classmethod
+    def build(cls, preset: str | None = "tiny", checkpoint: str | None = None, device="cpu",
+              dtype=torch.float32, seed: int = 0) -> "FamilyBackbone":
+        from transformers import AutoProcessor
+
+        if checkpoint:
+            config = cls.check_checkpoint(checkpoint)
+            model = cls.model_class.from_pretrained(checkpoint, config=config, dtype=dtype, local_files_only=True)
+            processor = AutoProcessor.from_pretrained(checkpoint, local_files_only=True)
+            return cls(model.to(device), processor, checkpoint=str(checkpoint))
+        from architectures.families.offline import make_processor
+
+        config = cls.make_config(preset)
+        torch.manual_seed(seed)
+        with torch.device(device):  # built in the target dtype: no fp32 copy ever exists
+            model = cls.model_class._from_config(config, dtype=dtype)
+        return cls(model, make_processor(cls.family, config), preset=preset)
+
+    @classmethod
+    def skeleton(cls, preset: str | None = None, checkpoint: str | None = None) -> "FamilyBackbone":
+        config = cls.check_checkpoint(checkpoint) if checkpoint else cls.make_config(preset)
+        with torch.device("meta"):
+            return cls(cls.model_class(config), None, preset=preset, checkpoint=checkpoint)
+
+    @classmethod
+    def param_count(cls, preset: str) -> int:
+        return cls.param_counts(preset)["total"]
+
+    @classmethod
+    def param_counts(cls, preset: str) -> dict[str, int]:
+        """Total and active parameters (MoE: only ``k`` of ``E`` routed experts per token), on the meta device."""
+        config = cls.make_config(preset)
+        with torch.device("meta"):
+            model = cls.model_class(config)
+        total = sum(p.numel() for p in model.parameters())
+        inactive = 0
+        routed, per_token = cls.experts(config)
+        if routed:
+            for name, module in model.named_modules():
+                if name.endswith(".experts"):
+                    inactive += sum(p.numel() for p in module.parameters()) * (routed - per_token) // routed
+        return {"total": total, "active": total - inactive}
+
+    @classmethod
+    def experts(cls, config) -> tuple[int, int]:
+        """(routed experts, experts per token) of the text model; (0, 0) without MoE."""
+        return 0, 0
+
+    # --- pieces of the forward pass ----------------------------------------------------------
+    @property
+    def decoder(self) -> nn.Module:
+        module = self.model
+        for part in self.text_layers_path.split("."):
+            module = getattr(module, part)
+        return module
+
+    @property
+    def head(self) -> nn.Linear:
+        module = self.model
+        for part in self.head_path.split("."):
+            module = getattr(module, part)
+        return module
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.weight.dtype
+
+    def final_norm(self, hidden):
+        return self.decoder.norm(hidden)
+
+    def logits(self, hidden):
+        return self.head(self.final_norm(hidden).to(self.head.weight.dtype)).float()
+
+    @property
+    def frame_size(self) -> int:
+        """Side (pixels) of synthetic or decoded frames handed to the processor (it resizes them itself)."""
+        return self.frame_sizes.get(self.preset or "paper", self.frame_sizes["paper"])
+
+    # --- the prompt: frames + text -> processor inputs -> token state -------------------------
+    def chat_text(self, prompt: str) -> str:
+        """The checkpoint's chat template with one user turn: the video, then the prompt text."""
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def video_kwargs(self, frames: torch.Tensor, fps: float) -> dict[str, Any]:
+        return {}
+
+    def processor_inputs(self, frames: torch.Tensor, prompt: str, fps: float = 1.0):
+        """frames: [T, 3, H, W] uint8 (or float in [0, 1]) sampled frames -> the processor's BatchFeature."""
+        if frames.dtype != torch.uint8:
+            frames = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return self.processor(text=self.chat_text(prompt), videos=[frames.cpu()], return_tensors="pt",
+                              **self.video_kwargs(frames, fps))
+
+    def encode(self, inputs, compressor=None) -> Prompt:
+        """Processor inputs -> the prompt's token state (vision features placed at the placeholders)."""
+        raise NotImplementedError
+
+    def check_compressor(self, compressor) -> None:
+        if compressor.wants_tower_hook:
+            raise UserError(f"compressor {compressor.name!r} hooks the own-layout vision tower; {self.name} runs the "
+                            "checkpoint's own tower (use a projector- or LLM-side compressor)")
+
+    def prompt(self, frames: torch.Tensor, text: str, compressor=None, fps: float = 1.0) -> Prompt:
+        """Frames and prompt text -> a prompt ready for prefill (projector-side compression applied)."""
+        return self.encode(self.processor_inputs(frames, text, fps), compressor)
+
+    def compress_projected(self, prompt: Prompt, compressor) -> Prompt:
+        """Hook 2 (after the projector) on a real model: the compressor sees the vision features as
+        [1, groups, tokens per group, hidden] and returns k per group; each group keeps k of its own
+        slots (the ones the compressor names in ``kept_slots`` [groups, k], else the first k), with
+        their positions and DeepStack features; the other slots leave the sequence."""
+        if compressor is None or type(compressor).after_projector is _identity_hook():
+            return prompt
+        state = prompt.state
+        vis = state.vision_index()
+        groups = int(state.frames[vis].max()) + 1
+        n = vis.numel() // groups
+        if n * groups != vis.numel():
+            raise UserError(f"compressor {compressor.name!r} needs the same number of vision tokens per frame")
+        compressor.kept_slots = None
+        out = compressor.after_projector(state.hidden[:, vis].reshape(1, groups, n, -1))
+        k = out.shape[1] // groups
+        slots = compressor.kept_slots
+        slots = torch.arange(k, device=vis.device).expand(groups, k) if slots is None else slots.to(vis.device)
+        slots, order = slots.sort(dim=1)
+        out = out.reshape(groups, k, -1).gather(1, order[..., None].expand(-1, -1, out.shape[-1]))
+        chosen = vis.reshape(groups, n).gather(1, slots).flatten()
+        hidden = state.hidden.clone()
+        hidden[0, chosen] = out.flatten(0, 1).to(hidden.dtype)
+        stay = ~state.vision
+        stay[chosen] = True
+        state.hidden = hidden
+        state.select(stay.nonzero().squeeze(1))
+        return prompt
+
+    def _place(self, input_ids: torch.Tensor, mask: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        embeds = self.embed(input_ids.to(self.device))
+        return embeds.masked_scatter(mask.to(self.device)[None, :, None].expand_as(embeds),
+                                     features.to(embeds.dtype))
+
+    # --- the text layers -------------------------------------------------------------------
+    def layer_kind(self, i: int) -> str:
+        raise NotImplementedError
+
+    def attention_module(self, i: int):
+        return self.layers[i].self_attn
+
+    def pre_norm(self, i: int):
+        return self.layers[i].input_layernorm
