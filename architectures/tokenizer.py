@@ -68,9 +68,14 @@ class ProcessorTokenizer:
         return self.tok.decode(ids, skip_special_tokens=True)
 
 
+BYTES_MARKER = "byte_tokenizer.json"  # in a checkpoint trained on the byte-level tokenizer (viperbench train)
+
+
 def tokenizer_for(backbone) -> ByteTokenizer | CheckpointTokenizer | ProcessorTokenizer:
+    from pathlib import Path
+
     if backbone.takes_frames:
         return ProcessorTokenizer(backbone)
-    if backbone.checkpoint:
+    if backbone.checkpoint and not (Path(backbone.checkpoint) / BYTES_MARKER).is_file():
         return CheckpointTokenizer(backbone.checkpoint)
     return ByteTokenizer(backbone.config.vocab_size)

@@ -84,7 +84,8 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("eval", help="accuracy on a task's local data (per-document log + one aggregate record)")
     _add_cell_flags(p, lists=False)
-    p.add_argument("--data", required=True, help="the task's data directory, in its official layout")
+    p.add_argument("--data", help="the task's data directory, in its official layout (vniah: generated from --seed "
+                                  "when not given)")
     p.add_argument("--fps", type=float, help="sample at this rate, at most --frames frames (TimeViper: --fps 1 --frames 256)")
     p.add_argument("--limit", type=int, help="only the first N documents")
     p.add_argument("--judge", help="VDC judge: openai:URL#MODEL (an OpenAI-compatible server) or local:DIR")
@@ -248,12 +249,21 @@ def cmd_eval(args) -> int:
 
     values = {"vision": "siglip", "frames": 16, "warmup": 0, "repeats": 1, **_cell_values(args)}
     if not values.get("task") or values["task"] == "synthetic":
-        raise UserError("eval needs --task (videomme, charades, vdc)")
+        raise UserError("eval needs --task (videomme, charades, vdc, vniah)")
     if args.limit is not None and args.limit <= 0:
         raise UserError(f"--limit must be positive, got {args.limit}")
     if args.fps is not None and args.fps <= 0:
         raise UserError(f"--fps must be positive, got {args.fps}")
-    record = evaluate(make_spec(values), args.data, judge=args.judge, subtitles=args.subtitles, limit=args.limit,
+    spec = make_spec(values)
+    data = args.data
+    if data is None:
+        from tasks import TASKS
+
+        task = TASKS.get(spec.task)
+        if not getattr(task, "generates_data", False):
+            raise UserError(f"eval --task {spec.task} needs --data DIR (the dataset in its official layout)")
+        data = task.default_data(spec.seed)
+    record = evaluate(spec, data, judge=args.judge, subtitles=args.subtitles, limit=args.limit,
                       fps=args.fps, fidelity=args.fidelity, log=args.log, output=args.output)
     print(json.dumps(record["task"]))
     return 0

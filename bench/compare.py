@@ -16,7 +16,7 @@ gated by kind:
 
 - **task metrics** (``eval`` records: accuracy, mIoU, ...): each top-level task metric
   within ``accuracy_tolerance`` *absolute points* (higher is better; KL lower is better);
-  per-split metrics (names with a ``/``) and counts are not gated.
+  per-split metrics (names with a ``/``) and counts are not gated, nor are an eval's timings.
 
 A cell whose status gets worse (ok -> oom/error) is a regression. Cells present in only
 one file are reported; a baseline cell missing from the new run fails the gate.
@@ -168,6 +168,8 @@ def compare(new: list[dict], baseline: list[dict], *, tolerance: float = 0.10, m
             continue
         om, nm = old["metrics"], cur["metrics"]
         rows.extend(task_rows(label, old, cur, accuracy_tolerance))
+        if old.get("kind") == "eval":  # an eval's timings are per-document means on a shared machine: not gated
+            continue
         for metric in COUNTS:
             if metric in om and metric in nm:
                 rows.append(Row(label, metric, om[metric], nm[metric], None,

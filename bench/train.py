@@ -3,7 +3,8 @@
 ``--train model`` builds the own-layout vision side (SigLIP tower + ToMe + MLP projector)
 and a backbone from a preset with random weights, and trains all of it on V-NIAH samples
 drawn from the seed's training stream (never the evaluation set's). The loss is the
-cross-entropy of the answer letter after ``[BOS][video][question]``, through the library
+cross-entropy of the answer letter after ``[BOS][video][question]``, and of EOS after the
+letter, through the library
 model's own forward (which the harness's layer loop reproduces, ``tests/test_backbones.py``).
 Curriculum: the first ``warmup`` steps use the shortest haystack, then lengths are drawn
 from ``lengths``.
@@ -130,8 +131,9 @@ def batch_of(rng: np.random.Generator, s: TrainSettings, step: int):
     return frames, [x.prompt for x in samples], [x.answer for x in samples], length
 
 
-def answer_logits(parts: Parts, frames: torch.Tensor, prompts: list[str], tok) -> torch.Tensor:
-    """Logits [B, vocab] of the token after ``[BOS][video][question]``."""
+def batch_loss(parts: Parts, frames: torch.Tensor, prompts: list[str], answers: list[str], tok):
+    """Cross-entropy of the answer letter after ``[BOS][video][question]`` (and, when the whole model
+    trains, of EOS after the letter, so that generation stops there); the letter's accuracy."""
     from bench.pipeline import prefill
 
     bb, side = parts.backbone, parts.vision
@@ -139,18 +141,28 @@ def answer_logits(parts: Parts, frames: torch.Tensor, prompts: list[str], tok) -
     with torch.set_grad_enabled(parts.compressor is None):
         vision = side.project(side.encode(frames.flatten(0, 1))).reshape(b, length * side.tokens_per_frame, -1)
     ids = torch.tensor([tok.encode_prompt(p) for p in prompts])
+    letters = torch.tensor([tok.encode_prompt(a)[0] for a in answers])
     bos = torch.full((b, 1), tok.bos_id)
     embeds = torch.cat([bb.embed(bos), vision, bb.embed(ids)], dim=1)
     if parts.compressor is None:
-        return bb.model(inputs_embeds=embeds).logits[:, -1].float()
-    logits, _ = prefill(bb, embeds, compressor=parts.compressor, vision=(1, 1 + vision.shape[1]), grad=True)
-    return logits
+        embeds = torch.cat([embeds, bb.embed(letters[:, None])], dim=1)
+        logits = bb.model(inputs_embeds=embeds).logits[:, -2:].float()
+        letter_logits = logits[:, 0]
+        loss = F.cross_entropy(logits.flatten(0, 1), torch.stack([letters, torch.full_like(letters, tok.eos_id)], 1)
+                               .flatten())
+    else:
+        letter_logits, _ = prefill(bb, embeds, compressor=parts.compressor, vision=(1, 1 + vision.shape[1]),
+                                   grad=True)
+        loss = F.cross_entropy(letter_logits, letters)
+    return loss, float((letter_logits.argmax(-1) == letters).float().mean())
 
 
 def save(out: Path, s: TrainSettings, parts: Parts, state: dict, summary: dict) -> None:
     """Write the whole checkpoint next to ``out``, then swap it in: an interruption keeps the previous one."""
     from safetensors.torch import save_file
     from transformers.utils import logging as hf_logging
+
+    from architectures.tokenizer import BYTES_MARKER
 
     hf_logging.disable_progress_bar()  # one bar: the training's
     tmp = out.with_name(out.name + ".partial")
@@ -162,9 +174,11 @@ def save(out: Path, s: TrainSettings, parts: Parts, state: dict, summary: dict) 
         cross = {k: v.detach().contiguous() for k, v in parts.compressor.cross.state_dict().items()}
         save_file(cross, str(tmp / "transv.safetensors"),
                   metadata={"schedule": str(parts.compressor.settings["schedule"])})
+    (tmp / BYTES_MARKER).write_text(json.dumps({"tokenizer": "bytes", "pad": 0, "bos": 1, "eos": 2, "offset": 3}) + "\n")
     torch.save(state, tmp / STATE)
     (tmp / LOSS).write_text("".join(json.dumps(r) + "\n" for r in state["curve"]))
-    (tmp / META).write_text(json.dumps({"settings": asdict(s), **summary}, indent=1) + "\n")
+    meta = {"settings": asdict(s), **summary, "base": state.get("base")}
+    (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -211,19 +225,17 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
     else:
-        state = {"step": 0, "curve": [], "identity": s.identity(), "seconds": 0.0}
+        state = {"step": 0, "curve": [], "identity": s.identity(), "seconds": 0.0, "base": _base_meta(s)}
     start, t0 = state["step"], time.perf_counter() - state["seconds"]
     bar = tqdm(total=s.steps, initial=start, desc=f"train {s.train} {s.arch}", disable=not progress, unit="step")
     for step in range(start, s.steps):
         frames, prompts, answers, length = batch_of(rng, s, step)
-        target = torch.tensor([tok.encode_prompt(a)[0] for a in answers])
-        logits = answer_logits(parts, frames, prompts, tok)
-        loss = F.cross_entropy(logits, target)
+        loss, acc = batch_loss(parts, frames, prompts, answers, tok)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parts.params, 1.0)
         optimizer.step()
-        acc, value = float((logits.argmax(-1) == target).float().mean()), loss.item()
+        value = loss.item()
         state["curve"].append({"step": step + 1, "loss": value, "acc": acc, "length": length})
         state["step"] = step + 1
         bar.update(1)
@@ -236,6 +248,15 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
     if start == s.steps and state["curve"]:
         print(f"{out}: already trained for {s.steps} steps", flush=True)
     return _summary(state)
+
+
+def _base_meta(s: TrainSettings) -> dict | None:
+    """The training record of the checkpoint a TransV run starts from (kept with the TransV checkpoint)."""
+    path = Path(s.checkpoint) / META if s.checkpoint else None
+    try:
+        return json.loads(path.read_text()) if path else None
+    except (OSError, ValueError):
+        return None
 
 
 def _summary(state: dict) -> dict:

@@ -194,6 +194,22 @@ class VNIAH:
         self.data_dir = Path(data_dir)
         self.config = read_config(self.data_dir)
 
+    @classmethod
+    def default_data(cls, seed: int) -> str:
+        """The default evaluation set of ``seed``, generated once into the user's cache directory."""
+        import os
+
+        config = Config(seed=seed)
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "viperbench" / "vniah"
+        root = cache / f"seed-{seed}"
+        try:
+            if read_config(root) == config and (root / ANNOTATIONS).is_file():
+                return str(root)
+        except UserError:
+            pass
+        print(f"vniah: generating the evaluation set of seed {seed} in {root}", file=sys.stderr)
+        return str(generate(root, config))
+
     def docs(self) -> list[Doc]:
         path = self.data_dir / ANNOTATIONS
         try:

@@ -53,7 +53,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(trained, tmp_path):
 
 def test_an_interrupted_run_loses_only_the_steps_since_its_last_save(tmp_path, monkeypatch):
     out = tmp_path / "cut"
-    real = train_mod.answer_logits
+    real = train_mod.batch_loss
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -62,7 +62,7 @@ def test_an_interrupted_run_loses_only_the_steps_since_its_last_save(tmp_path, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "answer_logits", flaky)
+    monkeypatch.setattr(train_mod, "batch_loss", flaky)
     with pytest.raises(KeyboardInterrupt):
         train(TrainSettings(output=str(out), **QUICK), progress=False)
     assert len(curve(out)) == 4  # saved at step 4; steps 5-6 are lost, nothing else
