@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from architectures import ARCHITECTURES
+from bench.cost import cache_bytes, record_cost
 from bench.errors import UserError
 from bench.meters import MemoryMeter, StageTimer, release_free_memory
 from bench.pipeline import decode_step, prefill
@@ -108,6 +109,7 @@ def one_pass(spec: CellSpec, model: Model, request, meter: MemoryMeter) -> dict:
             del embeds
             token = logits.argmax(-1, keepdim=True)
             kept = seq.length
+        cache = cache_bytes(seq.cache)  # KV and Mamba state at the end of prefill (metrics.cost)
         meter.sample()
         with timer.stage("decode_s"):
             for _ in range(spec.new_tokens):  # forced: no stop token
@@ -128,6 +130,7 @@ def one_pass(spec: CellSpec, model: Model, request, meter: MemoryMeter) -> dict:
         "e2e_tok_s": batch * (input_tokens + spec.new_tokens) / (ttft + t["decode_s"]),
         "stages": dict(t),
         "compressor": compressor.report(),
+        "cache": cache,
     }
 
 
@@ -189,7 +192,10 @@ class CellRun:
             self.peaks.append(peak)
 
     def record(self, **extra) -> dict:
-        return make_record(self.spec.to_dict(), self.env, metrics=summarise(self.samples, self.peaks), **extra)
+        metrics = summarise(self.samples, self.peaks)
+        metrics.pop("cache", None)  # one_pass's cache sizes go into metrics.cost
+        metrics["cost"] = record_cost(self.spec, self.model, metrics, self.env)
+        return make_record(self.spec.to_dict(), self.env, metrics=metrics, **extra)
 
     def failure(self, exc: BaseException) -> dict:
         """The record of a cell that raised: status oom or error, with a one-line message."""

@@ -161,7 +161,9 @@ def drop_tokens(state, keep: torch.Tensor) -> torch.Tensor:
     n = e - s
     mask = torch.ones(n, dtype=torch.bool, device=keep.device)
     mask[keep] = False
-    gone = mask.nonzero().squeeze(1)
+    # The dropped indices, ascending, with a static shape (a stable sort instead of nonzero), so that the
+    # fake-tensor memory prediction (bench.fake_pass) can run this too.
+    gone = torch.sort(mask.to(torch.uint8), descending=True, stable=True).indices[: n - keep.numel()]
     dropped = state.hidden[:, s + gone]
     index = torch.cat([torch.arange(s, device=keep.device), s + keep,
                        torch.arange(e, state.hidden.shape[1], device=keep.device)])
