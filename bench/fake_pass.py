@@ -158,6 +158,14 @@ def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm") -> dict
             return out
 
         backbone.logits = tracked_logits
+        embed = backbone.embed
+
+        def tracked_embed(ids):
+            if stage_peaks:  # a decode step starts: its peak counts from what is live now
+                tracker.peak = tracker.live
+            return embed(ids)
+
+        backbone.embed = tracked_embed
         tracker.peak = tracker.live
         kernels = gpu_kernels(mamba) if target == "gpu" else nullcontext()
         steps = min(spec.new_tokens, 2)

@@ -25,7 +25,7 @@ import math
 import os
 import sys
 import types
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 
 import torch
@@ -151,12 +151,14 @@ def _triton_launches_off():
     except Exception:  # noqa: BLE001 - no triton: the closed form is in use anyway
         yield
         return
-    original = KernelInterface.__getitem__
+    original, cuda_device = KernelInterface.__getitem__, torch.cuda.device
     KernelInterface.__getitem__ = lambda self, grid: (lambda *args, **kwargs: None)
+    torch.cuda.device = lambda *args, **kwargs: nullcontext()  # the wrappers select the tensors' GPU
     try:
         yield
     finally:
         KernelInterface.__getitem__ = original
+        torch.cuda.device = cuda_device
 
 
 @contextmanager
