@@ -281,13 +281,16 @@ def _module_bytes(module) -> int:
 
 
 def record_cost(spec, model, metrics: dict, env: dict) -> dict:
-    """``metrics.cost`` of a measured cell: sizes, analytic FLOPs and bytes, and utilisation of the device."""
+    """``metrics.cost`` of a measured cell: sizes, analytic FLOPs and bytes, and utilisation of the device.
+
+    Takes over ``metrics["cache"]`` (one_pass's cache sizes at the end of prefill)."""
     bb = model.backbone
+    cache = metrics.pop("cache", None)
     dtype_bytes = torch.empty(0, dtype=bb.dtype).element_size()
     compressor = metrics.get("compressor") or {}
     out = account(bb, batch=spec.batch, new_tokens=spec.new_tokens, input_tokens=metrics["input_tokens"],
                   vision_tokens=metrics["vision_tokens"], stages=compressor.get("stages", []),
-                  cache=metrics.get("cache"), weights_bytes=_module_bytes(bb.model), dtype_bytes=dtype_bytes)
+                  cache=cache, weights_bytes=_module_bytes(bb.model), dtype_bytes=dtype_bytes)
     out["compressor_params_bytes"] = _module_bytes(getattr(model.compressor, "cross", None))
     out["vision_weights_bytes"] = _module_bytes(model.vision)
     try:

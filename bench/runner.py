@@ -193,8 +193,7 @@ class CellRun:
 
     def record(self, **extra) -> dict:
         metrics = summarise(self.samples, self.peaks)
-        metrics.pop("cache", None)  # one_pass's cache sizes go into metrics.cost
-        metrics["cost"] = record_cost(self.spec, self.model, metrics, self.env)
+        metrics["cost"] = record_cost(self.spec, self.model, metrics, self.env)  # takes over metrics["cache"]
         return make_record(self.spec.to_dict(), self.env, metrics=metrics, **extra)
 
     def failure(self, exc: BaseException) -> dict:
