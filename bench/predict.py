@@ -257,7 +257,7 @@ def summary(record: dict) -> str:
             lines.append(f"  serving batch {sv['serve_batch']}: not even one sequence fits (predicted)")
         else:
             lines.append(f"  serving {sv['serve_batch']} requests: {sv['concurrent_sequences']} at once "
-                         f"({sv['waves']} waves), predicted <= {sv['predicted_generated_tok_s']:.0f} generated tok/s "
+                         f"({sv['waves']} wave(s)), predicted <= {sv['predicted_generated_tok_s']:.0f} generated tok/s "
                          f"end to end, <= {sv['predicted_decode_tok_s']:.0f} tok/s in decode")
     method = m["method"]
     if method.get("mamba_kernels"):
