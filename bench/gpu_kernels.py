@@ -46,7 +46,8 @@ def _mamba_ssm() -> tuple[dict, str] | tuple[None, str]:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
         version = _version()
         return ({"chunk_scan": mamba_chunk_scan_combined, "state_update": selective_state_update},
-                f"mamba-ssm {version}: its wrappers' allocations counted, Triton launches as no-ops")
+                f"mamba-ssm {version}'s Python wrappers (mamba_chunk_scan_combined, selective_state_update): "
+                "their allocations counted, Triton launches as no-ops")
     except Exception:  # noqa: BLE001 - a broken install falls through to the namespace load
         pass
     spec = importlib.util.find_spec("mamba_ssm") if "mamba_ssm" not in sys.modules else None
@@ -63,8 +64,9 @@ def _mamba_ssm() -> tuple[dict, str] | tuple[None, str]:
         ssd = importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
         ssu = importlib.import_module("mamba_ssm.ops.triton.selective_state_update")
         funcs = {"chunk_scan": ssd.mamba_chunk_scan_combined, "state_update": ssu.selective_state_update}
-        return funcs, (f"mamba-ssm {_version()} (Triton wrappers loaded without its CUDA extensions): "
-                       "its wrappers' allocations counted, Triton launches as no-ops")
+        return funcs, (f"mamba-ssm {_version()}'s Python wrappers (mamba_chunk_scan_combined, "
+                       "selective_state_update; loaded without its CUDA extensions): their allocations counted, "
+                       "Triton launches as no-ops")
     except Exception as exc:  # noqa: BLE001
         return None, f"closed form of mamba-ssm's wrappers (mamba-ssm unusable here: {type(exc).__name__})"
     finally:
@@ -175,11 +177,12 @@ def gpu_kernels(mamba: str = "mamba-ssm"):
     patched: list[tuple[object, str, object]] = []
     try:
         if mamba == "mamba-ssm":
+            # the modeling modules first: they bind their kernels when imported, and must not see mamba-ssm here
+            modules = [sys.modules.get(name) or importlib.import_module(name) for name in _MODELING]
             funcs, _ = _mamba_ssm()
             scan = _filtered(funcs["chunk_scan"]) if funcs else _closed_form_chunk_scan
             update = _filtered(funcs["state_update"]) if funcs else None
-            for name in _MODELING:
-                module = sys.modules.get(name) or importlib.import_module(name)
+            for module in modules:
                 for attr, repl in (("mamba2_chunk_scan", scan), ("mamba2_selective_state_update", update),
                                    ("causal_conv1d_fn", _conv1d_fn), ("causal_conv1d_update", _conv1d_update)):
                     if repl is not None and hasattr(module, attr):

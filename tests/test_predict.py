@@ -66,8 +66,8 @@ def test_predicted_peak_equals_measured_cpu_allocations(case):
     assert abs(predicted["peak_bytes"] - measured) <= TOLERANCE * measured, (predicted["peak_bytes"], measured)
     parts = predicted["parts"]
     assert sum(parts.values()) == predicted["peak_bytes"] and min(parts.values()) >= 0
-    assert parts["weights_bytes"] == sum(t.numel() * t.element_size() for t in (
-        *runner.build_model(spec).backbone.model.parameters(), *runner.build_model(spec).backbone.model.buffers()))
+    model = runner.build_model(spec).backbone.model
+    assert parts["weights_bytes"] == sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
 def test_kv_bytes_per_token_of_paper_presets_equal_the_closed_form():
