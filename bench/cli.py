@@ -232,10 +232,11 @@ def cmd_maxframes(args) -> int:
     if args.predict_first:
         from bench.predict import estimate_for_search
 
-        estimate, predicted = estimate_for_search(spec, limit=args.limit, precision=args.precision)
-        print(f"  predicted max frames {estimate} in {predicted['predict_s']:.1f} s; confirming with real probes",
-              file=sys.stderr)
-        record = search(spec, limit=args.limit, precision=args.precision, on_probe=show, estimate=estimate)
+        estimate, predicted, predictor = estimate_for_search(spec, limit=args.limit, precision=args.precision)
+        print(f"  predicted max frames {estimate} in {predicted['predict_s']:.1f} s; one real probe at half of it "
+              "calibrates the prediction, then a few confirm", file=sys.stderr)
+        record = search(spec, limit=args.limit, precision=args.precision, on_probe=show, estimate=estimate,
+                        calibrate=predictor.calibrate)
         record["metrics"]["predicted_first"] = predicted
     else:
         record = search(spec, start=args.start, limit=args.limit, precision=args.precision, on_probe=show)

@@ -29,14 +29,16 @@ def run_probe(spec: CellSpec) -> dict:
 
 def search(spec: CellSpec, *, start: int = 16, limit: int = 1 << 20, precision: float = 1 / 32,
            on_probe=None, probe=run_probe, estimate: int | None = None, kind: str = "maxframes",
-           env: dict | None = None) -> dict:
+           env: dict | None = None, calibrate=None) -> dict:
     """Search, then return the record: ``metrics`` hold max_frames, first_oom_frames and the probes.
 
     ``probe(spec)`` returns {frames, status (ok | oom | error), peak_mem_bytes, prefill_s, error}: a real run in
     a child process by default, or a prediction (``bench.predict``). Without ``estimate`` the search doubles
     from ``start`` to the first OOM and bisects. With ``estimate`` (a predicted max frames) it probes there and
     one precision step above, widening the step each time the guess is off, then bisects: two probes when the
-    estimate is right to within ``precision``.
+    estimate is right to within ``precision``. ``calibrate(probe)``, if given, first probes half the estimate
+    and replaces the estimate by what it returns for that probe (e.g. the prediction rescaled by the measured
+    over the predicted peak there).
     """
     probes: list[dict] = []
     t0 = time.perf_counter()
@@ -60,33 +62,46 @@ def search(spec: CellSpec, *, start: int = 16, limit: int = 1 << 20, precision: 
                 break
             lo, frames = frames, frames * 2
     else:
+        if calibrate is not None:  # one real probe well below the estimate rescales it
+            ok = fits(max(1, min(int(estimate), limit) // 2))
+            if ok is None:
+                failed = probes[-1]
+            elif ok:
+                lo, estimate = probes[-1]["frames"], calibrate(probes[-1])
+            else:
+                hi, estimate = probes[-1]["frames"], probes[-1]["frames"] // 2
         frames = max(1, min(int(estimate), limit))
+        if hi is not None:
+            frames = min(frames, hi - 1)
+        frames = max(frames, lo + 1)
         step = max(1, int(frames * precision))
-        ok = fits(frames)
-        if ok is None:
-            failed = probes[-1]
-        elif ok:
-            lo = frames
-            while failed is None and hi is None and lo < limit:
-                frames = min(lo + step, limit)
-                ok = fits(frames)
-                if ok is None:
-                    failed = probes[-1]
-                elif ok:
-                    lo, step = frames, step * 2
-                else:
-                    hi = frames
-        else:
-            hi = frames
-            while failed is None and lo == 0 and hi > 1:
-                frames = max(1, hi - step)
-                ok = fits(frames)
-                if ok is None:
-                    failed = probes[-1]
-                elif ok:
-                    lo = frames
-                else:
-                    hi, step = frames, step * 2
+        if failed is None and (hi is None or frames < hi):
+            ok = fits(frames)
+            if ok is None:
+                failed = probes[-1]
+            elif ok:  # up from the estimate, the step doubling, to the first OOM
+                lo = frames
+                while failed is None and hi is None and lo < limit:
+                    frames = min(lo + step, limit)
+                    ok = fits(frames)
+                    if ok is None:
+                        failed = probes[-1]
+                    elif ok:
+                        lo, step = frames, step * 2
+                    else:
+                        hi = frames
+            else:  # down from the estimate, the step doubling, to the first fit
+                hi = frames
+                while failed is None and hi - lo > 1:
+                    frames = max(lo + 1, hi - step)
+                    ok = fits(frames)
+                    if ok is None:
+                        failed = probes[-1]
+                    elif ok:
+                        lo = frames
+                        break
+                    else:
+                        hi, step = frames, step * 2
     while failed is None and hi is not None and hi - lo > 1 and not _close_enough(lo, hi, precision):
         mid = (lo + hi) // 2
         ok = fits(mid)

@@ -62,15 +62,26 @@ class Predictor:
         return {"frames": spec.frames, "status": "ok" if peak <= self.budget else "oom",
                 "predicted_peak_mem_bytes": peak, "peak_mem_bytes": peak, "prefill_s": None, "error": None}
 
-    def linear_estimate(self, frames: int) -> int:
-        """Frames where the predicted peak meets the budget, from a line through two predictions."""
+    def linear_estimate(self, frames: int, budget: int | None = None) -> int:
+        """Frames where the predicted peak meets ``budget`` (default: the budget), from a line through the
+        predictions at ``frames`` and half of it."""
+        budget = self.budget if budget is None else budget
         f1 = frames
         f2 = max(1, frames // 2) if frames > 1 else 2
         p1, p2 = self(f1)["peak_bytes"], self(f2)["peak_bytes"]
         slope = (p1 - p2) / (f1 - f2)
         if slope <= 0:
             return f1
-        return max(1, int(f1 + (self.budget - p1) / slope))
+        return max(1, int(f1 + (budget - p1) / slope))
+
+    def calibrate(self, probe: dict) -> int:
+        """A new estimate after a real probe that fit: the predictions rescaled by measured / predicted there
+        (on CPU a probe measures resident memory, which holds more than torch's allocations)."""
+        measured = probe.get("peak_mem_bytes")
+        predicted = self(probe["frames"])["peak_bytes"]
+        if not measured or not predicted:
+            return probe["frames"] * 2
+        return self.linear_estimate(probe["frames"], int(self.budget * predicted / measured))
 
 
 def predicted_max_frames(predictor: Predictor, *, limit: int = 1 << 20, precision: float = 1 / 32) -> dict:
@@ -266,8 +277,9 @@ def summary(record: dict) -> str:
     return "\n".join(lines)
 
 
-def estimate_for_search(spec, *, limit: int = 1 << 20, precision: float = 1 / 32) -> tuple[int, dict]:
-    """The predicted max frames that ``maxframes --predict-first`` starts from, and how it was obtained.
+def estimate_for_search(spec, *, limit: int = 1 << 20, precision: float = 1 / 32) -> tuple[int, dict, Predictor]:
+    """The predicted max frames that ``maxframes --predict-first`` starts from, how it was obtained, and the
+    predictor (its ``calibrate`` rescales the estimate after the first real probe).
 
     On CPU the prediction is torch's allocated bytes against ``--memory-budget``; the real probes measure
     resident memory, a little more, which the confirming probes absorb. On CUDA the budget is
@@ -289,4 +301,4 @@ def estimate_for_search(spec, *, limit: int = 1 << 20, precision: float = 1 / 32
     found = predicted_max_frames(predictor, limit=limit, precision=precision)
     info = {"predicted_max_frames": found["predicted_max_frames"], "predictions": found["predictions"],
             "target": target, "budget_bytes": budget, "predict_s": time.perf_counter() - t0}
-    return max(1, found["predicted_max_frames"]), info
+    return max(1, found["predicted_max_frames"]), info, predictor

@@ -88,3 +88,13 @@ def test_estimate_first_search_confirms_with_few_probes(estimate, most):
     assert m["first_oom_frames"] - m["max_frames"] <= max(1, m["max_frames"] // 32)
     assert len(seen) <= most < len(plain)
     assert p["max_frames"] <= 1010 < p["first_oom_frames"]
+
+
+def test_calibrated_search_rescales_the_estimate():
+    spec = make_spec(dict(arch="hybrid", preset="tiny", frames=16))
+    seen: list[int] = []
+    # the prediction says 1300; the calibration probe at 650 shows real peaks run 30% above predicted ones
+    m = search(spec, probe=_threshold_probe(1010, seen), estimate=1300, precision=1 / 32, env={},
+               calibrate=lambda probe: 1010)["metrics"]
+    assert seen[:2] == [650, 1010] and len(seen) == 3
+    assert m["max_frames"] <= 1010 < m["first_oom_frames"]
