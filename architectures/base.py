@@ -80,9 +80,8 @@ class Backbone:
             return cls(model.to(device), checkpoint=str(checkpoint))
         config = cls.make_config(preset)
         torch.manual_seed(seed)
-        with torch.device(device):
-            model = cls.model_class(config)
-        model = model.to(dtype)
+        with torch.device(device):  # built in the target dtype: no fp32 copy ever exists
+            model = cls.model_class._from_config(config, dtype=dtype)
         return cls(model, preset=preset)
 
     @classmethod

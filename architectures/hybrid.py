@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from transformers import NemotronHConfig, NemotronHForCausalLM
+from transformers.models.nemotron_h import modeling_nemotron_h
 
-from architectures import register_architecture
+from architectures import compat, kernels, register_architecture
 from architectures.base import ATTENTION, MAMBA, MLP, Backbone, LayerInput
+
+compat.require(modeling_nemotron_h, block="NemotronHBlock", params=("past_key_values", "attention_mask", "use_cache"),
+               globals_=tuple(kernels.OPS), cache_methods=("get_conv_state", "get_recurrent_state",
+                                                           "update_conv_state", "update_recurrent_state"))
+kernels.install(modeling_nemotron_h)
 
 # Nemotron-Nano-9B-v2: one character per block (M = Mamba-2, * = attention, - = MLP).
 PAPER_LAYOUT = "M-M-M-MM-M-M-M*-M-M-M*-M-M-M-M*-M-M-M-M*-M-MM-M-M-M-M-M-"

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from transformers import Mamba2Config, Mamba2ForCausalLM
+from transformers.models.mamba2 import modeling_mamba2
 
-from architectures import register_architecture
+from architectures import compat, kernels, register_architecture
 from architectures.base import MAMBA, Backbone, LayerInput
+
+compat.require(modeling_mamba2, block="Mamba2Block", params=("cache_params", "attention_mask"),
+               globals_=tuple(kernels.OPS), cache_methods=("get_conv_state", "get_recurrent_state"))
+kernels.install(modeling_mamba2)
 
 
 @register_architecture("mamba")

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers.models.qwen3 import modeling_qwen3
 
-from architectures import register_architecture
+from architectures import compat, register_architecture
 from architectures.base import ATTENTION, Backbone, LayerInput
+
+compat.require(modeling_qwen3, block="Qwen3DecoderLayer",
+               params=("position_ids", "past_key_values", "use_cache", "position_embeddings"))
 
 _ATTN = dict(num_key_value_heads=2, head_dim=16, rope_theta=1e6, tie_word_embeddings=False)
 

@@ -147,14 +147,13 @@ class VisionSide(nn.Module):
         self.vision_dim = config.hidden_size
         if torch.device(device).type != "meta":
             torch.manual_seed(seed)
-        with torch.device(device):
-            self.tower = SiglipVisionModel(config)
+        with torch.device(device):  # built in the target dtype: no fp32 copy ever exists
+            self.tower = SiglipVisionModel._from_config(config, dtype=dtype)
             self.projector = nn.Sequential(
-                nn.Linear(config.hidden_size, llm_hidden),
+                nn.Linear(config.hidden_size, llm_hidden, dtype=dtype),
                 nn.GELU(),
-                nn.Linear(llm_hidden, llm_hidden),
+                nn.Linear(llm_hidden, llm_hidden, dtype=dtype),
             )
-        self.to(dtype)
         self.eval()
 
     @property

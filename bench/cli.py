@@ -116,6 +116,27 @@ def build_parser() -> Parser:
     p.add_argument("--log", help="per-document JSONL log (a valid --predictions file for score)")
     p.add_argument("--output", help="append the aggregate record to this JSONL file")
 
+    p = sub.add_parser("train", help="train a tiny model on a generated task, or only TransV's modules")
+    p.add_argument("--arch", required=True, help="backbone: transformer, mamba, hybrid")
+    p.add_argument("--preset", default="tiny", help="preset of a fresh model (default tiny)")
+    p.add_argument("--checkpoint", help="start from this trained checkpoint (needed by --train transv)")
+    p.add_argument("--task", default="vniah", help="generated training task (default vniah)")
+    p.add_argument("--output", required=True, help="checkpoint directory to write (a run resumes from it)")
+    p.add_argument("--train", default="model", help="model (everything) | transv (only TransV's modules)")
+    p.add_argument("--compressor", default="none", help="with --train transv: transv:schedule=...")
+    p.add_argument("--seed", type=int, default=0, help="training stream and initialisation seed (default 0)")
+    p.add_argument("--steps", type=int, default=150, help="optimizer steps (default 150)")
+    p.add_argument("--batch", type=int, default=16, help="samples per step (default 16)")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")
+    p.add_argument("--lengths", default="4,8,16", help="haystack lengths in frames (comma list; default 4,8,16)")
+    p.add_argument("--tokens-per-frame", type=int, default=4, help="vision tokens per frame after ToMe (default 4)")
+    p.add_argument("--save-every", type=int, default=25, help="write the checkpoint every N steps (default 25)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("lm-eval", add_help=False,
+                       help="lm-eval's command line with the viperbench model registered (extra `eval`)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="lm-eval's own flags, e.g. --model viperbench ...")
+
     p = sub.add_parser("score", help="score saved predictions against a task's annotations (no model, no videos)")
     p.add_argument("--task", required=True, help="videomme | charades | vdc")
     p.add_argument("--data", required=True, help="the task's data directory (annotations only are read)")
@@ -128,12 +149,14 @@ def build_parser() -> Parser:
     p.add_argument("--baseline", required=True, help="JSONL records of the baseline")
     p.add_argument("--tolerance", default="10%", help="allowed timing regression (default 10%%)")
     p.add_argument("--memory-tolerance", default="5%", help="allowed peak-memory / max-frames regression (default 5%%)")
+    p.add_argument("--accuracy-tolerance", type=float, default=2.0,
+                   help="allowed drop of a task metric, in absolute points (default 2)")
     p.add_argument("--reference", help="gate timings relative to this in-run cell, e.g. arch=transformer")
     p.add_argument("--only-regressions", action="store_true", help="print only the rows that fail")
 
     p = sub.add_parser("plot", help="a figure from records (PNG or PDF by the file suffix)")
     p.add_argument("files", nargs="+", help="JSONL result files")
-    p.add_argument("--kind", default="xy", help="xy | throughput | memory | maxframes | probes | pareto (default xy)")
+    p.add_argument("--kind", default="xy", help="xy | throughput | memory | maxframes | probes | pareto | niah (default xy)")
     p.add_argument("--x", default="frames", help="x key for xy plots (default frames)")
     p.add_argument("--y", default="prefill_tok_s", help="metric for xy plots (default prefill_tok_s)")
     p.add_argument("--series", help="keys that make one line each (comma list; default: the keys that vary)")
@@ -188,11 +211,13 @@ def _finish(records: list[dict], output: str | None) -> int:
 def cmd_run(args) -> int:
     from bench.launchers import LAUNCHERS
     from bench.records import append_record, check_writable
-    from bench.spec import make_spec
+    from bench.spec import check_runnable, make_spec
 
     spec = make_spec(_cell_values(args))
     if args.launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {args.launcher!r}; valid: {', '.join(LAUNCHERS)}")
+    if args.launcher != "ray":  # Ray workers check their own devices
+        check_runnable(spec)
     if args.output:
         check_writable(args.output)
     record = LAUNCHERS[args.launcher](spec)
@@ -292,6 +317,31 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from bench.train import TrainSettings, train
+
+    try:
+        lengths = tuple(int(x) for x in _split(args.lengths))
+    except ValueError:
+        raise UserError(f"--lengths must be frame counts separated by commas, got {args.lengths!r}") from None
+    if not lengths or min(lengths) < 1:
+        raise UserError(f"--lengths must be positive frame counts, got {args.lengths!r}")
+    settings = TrainSettings(arch=args.arch, output=args.output, preset=args.preset, checkpoint=args.checkpoint,
+                             train=args.train, compressor=args.compressor, task=args.task, seed=args.seed,
+                             steps=args.steps, batch=args.batch, lr=args.lr, lengths=lengths,
+                             tokens_per_frame=args.tokens_per_frame, save_every=args.save_every)
+    print(json.dumps(train(settings, progress=not args.no_progress)))
+    return 0
+
+
+def cmd_lm_eval(args) -> int:
+    try:
+        from bench.lm_eval_model import main as lm_eval_main
+    except ModuleNotFoundError as exc:
+        raise UserError(f"lm-eval is not installed ({exc.name}): pip install -e '.[eval]'") from None
+    return lm_eval_main(args.args)
+
+
 def cmd_score(args) -> int:
     from bench.evaluate import score_predictions
 
@@ -301,12 +351,14 @@ def cmd_score(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    if not args.accuracy_tolerance >= 0:
+        raise UserError(f"--accuracy-tolerance must be >= 0 points, got {args.accuracy_tolerance}")
     from bench.compare import compare, parse_percent, parse_reference, render_rows
     from bench.records import iter_records
 
     rows = compare(list(iter_records(args.new)), list(iter_records(args.baseline)),
                    tolerance=parse_percent(args.tolerance), memory_tolerance=parse_percent(args.memory_tolerance),
-                   reference=parse_reference(args.reference))
+                   reference=parse_reference(args.reference), accuracy_tolerance=args.accuracy_tolerance)
     bad = [r for r in rows if r.verdict == "REGRESSION"]
     print(render_rows(bad if args.only_regressions else rows))
     if bad:
@@ -328,6 +380,7 @@ def cmd_plot(args) -> int:
         "maxframes": lambda out: plots.plot_max_frames(records, out),
         "probes": lambda out: plots.plot_probes(records, out),
         "pareto": lambda out: plots.plot_pareto(records, out),
+        "niah": lambda out: plots.plot_niah(records, out),
     }
     if args.kind not in kinds:
         raise UserError(f"unknown plot kind {args.kind!r}; valid: {', '.join(kinds)}")
@@ -362,11 +415,16 @@ def cmd_table(args) -> int:
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "matrix": cmd_matrix, "maxframes": cmd_maxframes, "table": cmd_table,
             "compare": cmd_compare, "plot": cmd_plot, "report": cmd_report, "eval": cmd_eval, "score": cmd_score,
+            "train": cmd_train, "lm-eval": cmd_lm_eval,
             "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # every later flag is lm-eval's own: no parsing here
+        args = argparse.Namespace(command="lm-eval", args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:

@@ -14,6 +14,10 @@ gated by kind:
   median of the per-round ratios, so a machine that is slower, or slower for a while,
   moves both sides alike and does not fail the gate. Reference cells are shown, not gated.
 
+- **task metrics** (``eval`` records: accuracy, mIoU, ...): each top-level task metric
+  within ``accuracy_tolerance`` *absolute points* (higher is better; KL lower is better);
+  per-split metrics (names with a ``/``) and counts are not gated.
+
 A cell whose status gets worse (ok -> oom/error) is a regression. Cells present in only
 one file are reported; a baseline cell missing from the new run fails the gate.
 """
@@ -32,6 +36,7 @@ COUNTS = ("input_tokens", "vision_tokens", "tokens_after_compression")
 MEMORY = {"peak_mem_bytes": False, "max_frames": True}  # metric -> higher is better
 TIMING = {"prefill_tok_s": True, "decode_tok_s": True, "e2e_tok_s": True, "prefill_s": False, "ttft_s": False}
 IGNORED_SPEC = ("warmup", "repeats")
+TASK_COUNTS = ("n", "n_total", "chance")
 
 
 def parse_percent(text: str | float) -> float:
@@ -122,8 +127,27 @@ def _judge(old: float, new: float, higher_better: bool, tol: float) -> tuple[flo
     return ratio, "REGRESSION" if worse else ("improved" if better else "ok")
 
 
+def task_rows(label: str, old: dict, new: dict, points: float) -> list[Row]:
+    """Top-level task metrics of two eval records, gated within ``points`` absolute points."""
+    om, nm = old.get("task", {}).get("metrics", {}), new.get("task", {}).get("metrics", {})
+    rows = []
+    for metric, value in om.items():
+        if "/" in metric or metric in TASK_COUNTS or not isinstance(value, (int, float)):
+            continue
+        cur = nm.get(metric)
+        if not isinstance(cur, (int, float)):
+            rows.append(Row(label, f"task {metric}", value, "missing", None, "REGRESSION"))
+            continue
+        lower_better = "kl" in metric.lower()
+        worse = cur > value + points if lower_better else cur < value - points
+        better = cur < value - points if lower_better else cur > value + points
+        rows.append(Row(label, f"task {metric} (±{points:g} pts)", value, cur, None,
+                        "REGRESSION" if worse else ("improved" if better else "ok")))
+    return rows
+
+
 def compare(new: list[dict], baseline: list[dict], *, tolerance: float = 0.10, memory_tolerance: float = 0.05,
-            reference: dict[str, str] | None = None) -> list[Row]:
+            reference: dict[str, str] | None = None, accuracy_tolerance: float = 2.0) -> list[Row]:
     reference = reference or {}
     new_ix, base_ix = _index(new, "the new run"), _index(baseline, "the baseline")
     every = list(base_ix.values()) + [r for k, r in new_ix.items() if k not in base_ix]
@@ -143,6 +167,7 @@ def compare(new: list[dict], baseline: list[dict], *, tolerance: float = 0.10, m
             rows.append(Row(label, "status", old.get("status"), cur.get("status"), None, "info"))
             continue
         om, nm = old["metrics"], cur["metrics"]
+        rows.extend(task_rows(label, old, cur, accuracy_tolerance))
         for metric in COUNTS:
             if metric in om and metric in nm:
                 rows.append(Row(label, metric, om[metric], nm[metric], None,

@@ -28,7 +28,7 @@ import torch
 from bench.errors import UserError
 from bench.meters import StageTimer
 from bench.records import append_record, check_writable, environment, make_record
-from bench.spec import CellSpec
+from bench.spec import CellSpec, check_device
 from tasks import TASKS
 
 
@@ -89,6 +89,7 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
     from compressors.base import make_compressor
     from tasks.video import VideoError, load_frames
 
+    check_device(spec)
     task = make_task(spec.task, data_dir, judge=judge, subtitles=subtitles)
     docs = task.docs()
     if limit is not None:

@@ -21,7 +21,7 @@ import time
 
 from bench.errors import UserError
 from bench.records import append_record, check_writable, finished_keys, spec_key
-from bench.spec import FIELDS, CellSpec, make_spec
+from bench.spec import FIELDS, CellSpec, check_runnable, make_spec
 
 
 def split_values(key: str, text) -> list:
@@ -110,6 +110,9 @@ def run_matrix(cells: list[CellSpec], output: str | None, *, launcher: str = "in
         raise UserError(f"unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
     if interleave and launcher != "inline":
         raise UserError("--interleave runs every cell in this process: use it with --launcher inline")
+    if launcher != "ray":  # Ray workers check their own devices
+        for cell in cells:
+            check_runnable(cell)
     if output:
         check_writable(output)
     done = finished_keys(output) if (resume and output) else set()

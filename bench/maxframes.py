@@ -12,7 +12,7 @@ import time
 
 from bench.launchers import run_process
 from bench.records import environment, make_record
-from bench.spec import CellSpec
+from bench.spec import CellSpec, check_runnable
 
 
 def _close_enough(lo: int, hi: int, precision: float) -> bool:
@@ -40,6 +40,8 @@ def search(spec: CellSpec, *, start: int = 16, limit: int = 1 << 20, precision: 
     and replaces the estimate by what it returns for that probe (e.g. the prediction rescaled by the measured
     over the predicted peak there).
     """
+    if probe is run_probe:
+        check_runnable(spec)
     probes: list[dict] = []
     t0 = time.perf_counter()
 

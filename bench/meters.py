@@ -1,6 +1,7 @@
 """Clocks and memory meters. The device is synchronised before every clock read.
 
-Memory on CUDA: torch's peak allocated/reserved bytes and NVML's device-used bytes.
+Memory on CUDA: torch's peak allocated/reserved bytes, and NVML's device-used bytes sampled
+by a background thread through the pass (with the energy drawn, where NVML counts it).
 Memory on CPU: the process's peak resident set (Linux VmHWM, reset per measurement
 through /proc/self/clear_refs) above a baseline taken before the model is built, so
 that a number means what it means on a GPU: what weights, activations and caches take.
@@ -110,6 +111,52 @@ class _RssPeak:
         return max(self._peak, rss_bytes())
 
 
+class NvmlSampler:
+    """Device-used bytes sampled by a background thread between ``start`` and ``stop`` (a peak, not two
+    snapshots), and the energy the device drew meanwhile where NVML has its total-energy counter."""
+
+    def __init__(self, handle, interval: float = 0.005):
+        self.handle, self.interval = handle, interval
+        self.peak = 0
+        self._energy_mj: int | None = None
+        self.energy_j: float | None = None
+        self._stop: threading.Event | None = None
+
+    def _used(self) -> int:
+        import pynvml
+
+        return pynvml.nvmlDeviceGetMemoryInfo(self.handle).used
+
+    def _energy(self) -> int | None:
+        import pynvml
+
+        try:
+            return pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)  # mJ since the driver loaded
+        except pynvml.NVMLError:
+            return None
+
+    def start(self) -> None:
+        self.stop()
+        self.peak, self.energy_j = self._used(), None
+        self._energy_mj = self._energy()
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, args=(self._stop,), daemon=True).start()
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
+            self.peak = max(self.peak, self._used())
+
+    def stop(self) -> None:
+        if self._stop is None:
+            return
+        self._stop.set()
+        self._stop = None
+        self.peak = max(self.peak, self._used())
+        end = self._energy()
+        if end is not None and self._energy_mj is not None:
+            self.energy_j = (end - self._energy_mj) / 1000.0
+
+
 class MemoryMeter:
     """``set_baseline()`` before building the model; ``reset()`` before a pass; ``read()`` after."""
 
@@ -118,14 +165,14 @@ class MemoryMeter:
         self.cuda = device.startswith("cuda")
         self.baseline: int | None = None  # set by set_baseline()
         self._rss = None if self.cuda else _RssPeak()
-        self._nvml_handle = None
-        self._nvml_peak = 0
+        self._nvml: NvmlSampler | None = None
 
     def set_baseline(self) -> None:
         if self.cuda:
             torch.cuda.empty_cache()
             self.baseline = torch.cuda.memory_allocated(self.device)
-            self._nvml_handle = _nvml_handle(self.device)
+            handle = _nvml_handle(self.device)
+            self._nvml = NvmlSampler(handle) if handle is not None else None
         else:
             release_free_memory()
             self.baseline = rss_bytes()
@@ -139,27 +186,26 @@ class MemoryMeter:
         self.baseline = used - resident
 
     def reset(self) -> None:
+        """Start a measurement: peaks from now on (after the model is built, so the build never counts)."""
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-            self._nvml_peak = 0
+            if self._nvml is not None:
+                self._nvml.start()
         else:
+            release_free_memory()
             self._rss.reset()
-
-    def sample(self) -> None:
-        """Read NVML's device-used bytes now (it reports current use, not a peak)."""
-        if self._nvml_handle is not None:
-            import pynvml
-
-            self._nvml_peak = max(self._nvml_peak, pynvml.nvmlDeviceGetMemoryInfo(self._nvml_handle).used)
 
     def read(self) -> dict:
         """Peak since the last reset; ``peak_mem_bytes`` is the number tables and budgets use."""
         if self.cuda:
-            self.sample()
+            nvml = self._nvml
+            if nvml is not None:
+                nvml.stop()
             allocated = torch.cuda.max_memory_allocated(self.device)
             return {"peak_mem_bytes": max(0, allocated - self.baseline), "torch_peak_allocated_bytes": allocated,
                     "torch_peak_reserved_bytes": torch.cuda.max_memory_reserved(self.device),
-                    "nvml_used_bytes": self._nvml_peak or None, "kind": "cuda"}
+                    "nvml_used_bytes": (nvml.peak or None) if nvml else None,
+                    "energy_j": nvml.energy_j if nvml else None, "kind": "cuda"}
         peak = self._rss.peak()
         return {"peak_mem_bytes": max(0, peak - self.baseline), "rss_peak_bytes": peak,
                 "rss_baseline_bytes": self.baseline, "kind": "rss"}

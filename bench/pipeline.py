@@ -36,11 +36,20 @@ class TokenState:
 
 @dataclass
 class Sequence:
-    """A prefilled request: the library cache and the position of the next token."""
+    """A prefilled request: the library cache and the position of the next token.
+
+    ``position`` is a one-element tensor on the model's device, advanced in place, so a decode
+    step never copies a host integer to the device (a blocking transfer on a GPU).
+    """
 
     cache: Any
-    next_position: int
+    position: torch.Tensor  # [1], long, on the model's device
     length: int  # tokens that reached the last layer
+
+    @property
+    def next_position(self) -> int:
+        """The position the next token gets (reads the device: for tests and reports, not the decode loop)."""
+        return int(self.position.item())
 
 
 def _chunk_inputs(backbone: Backbone, positions: torch.Tensor, chunk: int | None) -> list[tuple[int, int, LayerInput]]:
@@ -62,10 +71,18 @@ def _run_layer_chunked(backbone: Backbone, i: int, hidden: torch.Tensor, cache, 
     return out
 
 
-@torch.inference_mode()
-def prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, vision: tuple[int, int] = (0, 0),
-            chunk: int | None = None) -> tuple[torch.Tensor, Sequence]:
-    """Run the prompt embeddings through every layer; return last-position logits [batch, vocab]."""
+def prefill(backbone: Backbone, embeds: torch.Tensor, *, grad: bool = False, **kwargs) -> tuple[torch.Tensor, Sequence]:
+    """Run the prompt embeddings through every layer; return last-position logits [batch, vocab].
+
+    Inference mode, unless ``grad``: then the autograd graph is kept, so that what a compressor
+    adds (TransV's cross-attention) trains through the very loop that measures it.
+    """
+    with torch.enable_grad() if grad else torch.inference_mode():
+        return _prefill(backbone, embeds, **kwargs)
+
+
+def _prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, vision: tuple[int, int] = (0, 0),
+             chunk: int | None = None) -> tuple[torch.Tensor, Sequence]:
     length = embeds.shape[1]
     cache = backbone.new_cache()
     state = TokenState(embeds, torch.arange(length, device=embeds.device), vision)
@@ -79,18 +96,18 @@ def prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, vision
                 chunks = _chunk_inputs(backbone, state.positions, chunk)
         state.hidden = _run_layer_chunked(backbone, i, state.hidden, cache, chunks)
     logits = backbone.logits(state.hidden[:, -1:])[:, -1]
-    return logits, Sequence(cache, next_position=length, length=state.positions.shape[0])
+    position = torch.full((1,), length, dtype=torch.long, device=embeds.device)
+    return logits, Sequence(cache, position=position, length=state.positions.shape[0])
 
 
 @torch.inference_mode()
 def decode_step(backbone: Backbone, token_ids: torch.Tensor, seq: Sequence) -> torch.Tensor:
     """One token per sequence ([batch, 1] ids) through the cache; returns logits [batch, vocab]."""
     hidden = backbone.embed(token_ids)
-    positions = torch.tensor([seq.next_position], device=hidden.device)
-    inp = backbone.layer_input(positions)
+    inp = backbone.layer_input(seq.position.clone())
     for i in range(backbone.num_layers):
         hidden = backbone.run_layer(i, hidden, seq.cache, inp)
-    seq.next_position += 1
+    seq.position += 1
     seq.length += 1
     return backbone.logits(hidden)[:, -1]
 

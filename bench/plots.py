@@ -426,6 +426,53 @@ def plot_pareto(records: list[dict], out: str, x: str = "prefill_tok_s", y: str 
     return _save(pareto_figure(records, x, y), out)
 
 
+def niah_cells(record: dict) -> dict[tuple[int, float], float]:
+    """(haystack length, needle depth) -> accuracy of a V-NIAH eval record's ``accuracy/cell/L/D`` metrics."""
+    out = {}
+    for key, value in record.get("task", {}).get("metrics", {}).items():
+        parts = key.split("/")
+        if len(parts) == 4 and parts[:2] == ["accuracy", "cell"]:
+            out[(int(parts[2]), float(parts[3]))] = float(value)
+    return out
+
+
+def niah_figure(records: list[dict]) -> Figure:
+    """One V-NIAH heatmap per eval record (depth down, haystack length across, accuracy as colour)."""
+    panels = [(r, niah_cells(r)) for r in records]
+    panels = [(r, c) for r, c in panels if c]
+    if not panels:
+        raise UserError("nothing to plot: no record has V-NIAH cells (eval --task vniah)")
+    fig = Figure(figsize=(3.2 * len(panels) + 1.0, 3.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    image = None
+    for ax, (record, cells) in zip(axes, panels):
+        lengths = sorted({length for length, _ in cells})
+        depths = sorted({depth for _, depth in cells})
+        grid = [[cells.get((length, depth), float("nan")) for length in lengths] for depth in depths]
+        image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+        for i, row in enumerate(grid):
+            for j, value in enumerate(row):
+                if not math.isnan(value):
+                    ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(lengths)), [str(v) for v in lengths])
+        ax.set_yticks(range(len(depths)), [f"{v:g}" for v in depths])
+        ax.set_xlabel("haystack length (frames)")
+        spec = record.get("spec", {})
+        accuracy = record.get("task", {}).get("metrics", {}).get("accuracy")
+        ax.set_title(f"{spec.get('arch')} · {spec.get('compressor')}\n"
+                     f"accuracy {accuracy:.1f}%" if accuracy is not None else str(spec.get("arch")), fontsize=8)
+    axes[0].set_ylabel("needle depth")
+    fig.colorbar(image, ax=list(axes), label="accuracy (%)", shrink=0.9)
+    return fig
+
+
+def plot_niah(records: list[dict], out: str) -> str:
+    """V-NIAH heatmaps: accuracy per (haystack length, needle depth), one panel per eval record."""
+    _check_suffix(out)
+    return _save(niah_figure(records), out)
+
+
 # ---------------------------------------------------------------- helpers
 
 

@@ -12,7 +12,6 @@ import platform
 import subprocess
 import sys
 from functools import lru_cache
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -55,9 +54,18 @@ def environment(device: str) -> dict[str, Any]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
-        "kernels": {k: find_spec(k) is not None for k in ("mamba_ssm", "causal_conv1d", "flash_attn")},
+        "kernels": kernel_report(device),
         "commit": _commit(),
     }
+
+
+def kernel_report(device: str) -> dict[str, Any]:
+    """What a cell on ``device`` runs: each Mamba op's implementation (as routed, not merely installed),
+    the attention path, and the kernel packages installed. Call after the architecture is imported."""
+    from architectures import kernels
+
+    return {"ops": kernels.implementations(device), "bound": kernels.bound(),
+            "attention": "torch sdpa (viperbench_sdpa)", "installed": kernels.installed()}
 
 
 def make_record(spec: dict, env: dict, *, status: str = "ok", error: str | None = None,

@@ -25,7 +25,7 @@ from bench.errors import UserError
 from bench.meters import MemoryMeter, StageTimer, release_free_memory
 from bench.pipeline import decode_step, prefill
 from bench.records import environment, make_record
-from bench.spec import CellSpec
+from bench.spec import CellSpec, check_runnable
 from compressors.base import make_compressor
 from tasks import TASKS
 
@@ -39,7 +39,9 @@ class OverBudget(Exception):
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError, OverBudget)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    message = str(exc).lower()
+    # CUDA: "out of memory"; CPU: "DefaultCPUAllocator: can't allocate memory: you tried to allocate ..."
+    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
 @dataclass
@@ -110,11 +112,9 @@ def one_pass(spec: CellSpec, model: Model, request, meter: MemoryMeter) -> dict:
             token = logits.argmax(-1, keepdim=True)
             kept = seq.length
         cache = cache_bytes(seq.cache)  # KV and Mamba state at the end of prefill (metrics.cost)
-        meter.sample()
         with timer.stage("decode_s"):
             for _ in range(spec.new_tokens):  # forced: no stop token
                 token = decode_step(bb, token, seq).argmax(-1, keepdim=True)
-        meter.sample()
     t = timer.times
     input_tokens = 1 + n_vision + spec.prompt_tokens
     ttft = t["decode_video_s"] + t["vision_s"] + t["prefill_s"]
@@ -122,6 +122,7 @@ def one_pass(spec: CellSpec, model: Model, request, meter: MemoryMeter) -> dict:
         "input_tokens": input_tokens,
         "vision_tokens": n_vision,
         "tokens_after_compression": kept,
+        "tokens_processed": batch * (input_tokens + spec.new_tokens),
         "prefill_s": t["prefill_s"],
         "prefill_tok_s": batch * input_tokens / t["prefill_s"],
         "ttft_s": ttft,
@@ -147,6 +148,10 @@ def summarise(samples: list[dict], peaks: list[dict]) -> dict:
     peak = max(peaks, key=lambda p: p["peak_mem_bytes"])
     out["peak_mem_bytes"] = peak["peak_mem_bytes"]
     out["memory"] = peak
+    energy = [p["energy_j"] for p in peaks if p.get("energy_j") is not None]
+    if energy:  # NVML's total-energy counter: joules per pass, and per token processed (prompt + generated)
+        out["energy_j"] = statistics.median(energy)
+        out["energy_j_per_token"] = out["energy_j"] / out["tokens_processed"]
     out["spread"] = spread
     out["repeats"] = len(samples)
     return out
@@ -164,8 +169,9 @@ class CellRun:
 
     def __init__(self, spec: CellSpec, meter: MemoryMeter | None = None):
         self.spec = spec
-        self.env = environment(spec.device)
+        check_runnable(spec)
         import_plugins(spec)
+        self.env = environment(spec.device)  # after the imports: it reports the kernels they bound
         self.meter = meter or MemoryMeter(spec.device)
         self.model: Model | None = None
         self.samples: list[dict] = []
@@ -219,11 +225,9 @@ def run_cell(spec: CellSpec, meter: MemoryMeter | None = None) -> dict:
     run = CellRun(spec, meter)
     run.meter.set_baseline()
     try:
-        run.meter.reset()
         run.build()
         for r in range(spec.warmup + spec.repeats):
-            if r > 0:
-                run.meter.reset()
+            run.meter.reset()  # after the build: the build's transients are never a pass's peak
             run.measure(keep=r >= spec.warmup)
         return run.record()
     except (UserError, KeyboardInterrupt):

@@ -124,3 +124,27 @@ def _validate(s: CellSpec) -> None:
         raise UserError(f"unknown preset {s.preset!r} for {s.arch}; valid: {', '.join(arch.presets)}")
     make_compressor(s.compressor).check(arch.skeleton(s.preset, s.checkpoint))
     TASKS.get(s.task)
+
+
+def check_device(spec: CellSpec) -> None:
+    """Bad input, before anything runs: a CUDA cell where torch sees no CUDA device."""
+    if not spec.device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "is a CPU-only build" if torch.version.cuda is None else "sees no CUDA device"
+        raise UserError(f"--device {spec.device}: torch {torch.__version__} {why}")
+    index = torch.device(spec.device).index
+    if index is not None and index >= torch.cuda.device_count():
+        raise UserError(f"--device {spec.device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+
+
+def check_runnable(spec: CellSpec) -> None:
+    """Bad input for run/matrix/maxframes: no CUDA for a CUDA cell, or an accuracy task (that is ``eval``)."""
+    from tasks import TASKS
+    from tasks.base import LENGTHS
+
+    check_device(spec)
+    if getattr(TASKS.get(spec.task), "kind", None) != LENGTHS:
+        raise UserError(f"task {spec.task!r} is scored on data: use `viperbench eval --task {spec.task} --data DIR`")

@@ -15,7 +15,7 @@ from bench.launchers import RECORD_PREFIX
 from bench.meters import BudgetWatchdog, MemoryMeter
 from bench.records import environment, make_record
 from bench.runner import run_cell
-from bench.spec import make_spec
+from bench.spec import check_runnable, make_spec
 
 
 def _emit(record: dict) -> None:
@@ -27,6 +27,11 @@ def main() -> int:
     try:
         spec = make_spec(json.loads(sys.stdin.read()))
     except (UserError, ValueError) as exc:
+        print(f"viperbench worker: {exc}", file=sys.stderr)
+        return 2
+    try:
+        check_runnable(spec)
+    except UserError as exc:
         print(f"viperbench worker: {exc}", file=sys.stderr)
         return 2
     meter = MemoryMeter(spec.device)

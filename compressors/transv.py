@@ -15,6 +15,8 @@ of width min(128, hidden) and needs ``init=random``. The transfer acts in prefil
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn.functional import scaled_dot_product_attention
@@ -24,27 +26,32 @@ from compressors import register_compressor
 from compressors.dropping import TokenDropping
 
 INITS = ("nearest_attn", "random")
+WEIGHTS = "transv.safetensors"  # trained gates and cross-attentions, in a checkpoint directory
 
 
 class GatedCrossAttention(nn.Module):
-    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int):
+    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, **factory):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
-        self.q_proj = nn.Linear(hidden, heads * head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
-        self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
-        self.alpha = nn.Parameter(torch.zeros(()))
+        self.q_proj = nn.Linear(hidden, heads * head_dim, bias=False, **factory)
+        self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False, **factory)
+        self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False, **factory)
+        self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False, **factory)
+        self.alpha = nn.Parameter(torch.zeros((), **factory))
 
     def forward(self, x1: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        """x1 [b, n1, hidden] queries, x0 [b, n0, hidden] keys/values -> updated x1."""
+        """x1 [b, n1, hidden] queries, x0 [b, n0, hidden] keys/values -> updated x1, in x1's dtype.
+
+        The residual stream may be wider than the weights (Mamba-2 keeps it in fp32 under bf16
+        weights): the cross-attention runs in the weights' dtype, the residual add in x1's."""
         b, n1, _ = x1.shape
-        q = self.q_proj(x1).view(b, n1, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x0).view(b, -1, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x0).view(b, -1, self.kv_heads, self.head_dim).transpose(1, 2)
+        dtype = self.q_proj.weight.dtype
+        q = self.q_proj(x1.to(dtype)).view(b, n1, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x0.to(dtype)).view(b, -1, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x0.to(dtype)).view(b, -1, self.kv_heads, self.head_dim).transpose(1, 2)
         out = scaled_dot_product_attention(q, k, v, enable_gqa=self.heads != self.kv_heads)
         out = self.o_proj(out.transpose(1, 2).reshape(b, n1, -1))
-        return x1 + torch.tanh(self.alpha).to(out.dtype) * out
+        return x1 + (torch.tanh(self.alpha) * out).to(x1.dtype)
 
 
 def _attention_module(layer):
@@ -72,6 +79,33 @@ class TransV(TokenDropping):
 
     def prepare(self, backbone) -> None:
         self.cross = self._build(backbone)
+        self.trained_from = None
+        if backbone.checkpoint and (Path(backbone.checkpoint) / WEIGHTS).is_file():
+            self._load(Path(backbone.checkpoint) / WEIGHTS)
+
+    def _load(self, path: Path) -> None:
+        """Trained weights (``viperbench train --train transv``) for the schedule's layers."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            weights = load_file(str(path))
+        except (OSError, SafetensorError) as exc:
+            raise UserError(f"corrupt TransV weights {path}: {exc}") from None
+        stored = sorted({int(k.split(".")[0]) for k in weights})
+        missing = [s.layer for s in self.plan() if s.layer not in stored]
+        if missing:
+            raise UserError(f"compressor 'transv': the schedule names layer(s) {missing} but {path} has TransV "
+                            f"weights for layer(s) {stored} only")
+        wanted = {k: v for k, v in weights.items() if k.split(".")[0] in self.cross}
+        try:
+            self.cross.load_state_dict(wanted)
+        except RuntimeError as exc:
+            raise UserError(f"TransV weights {path} do not fit this backbone: {str(exc).splitlines()[0]}") from None
+        self.trained_from = str(path)
+
+    def report(self) -> dict:
+        return {**super().report(), "trained_from": getattr(self, "trained_from", None)}
 
     def _build(self, backbone) -> nn.ModuleDict:
         attn_layers = backbone.attention_layers()
@@ -84,8 +118,9 @@ class TransV(TokenDropping):
             shape = (backbone.hidden_size // head_dim,) * 2 + (head_dim,)
         gen = torch.Generator().manual_seed(int(self.settings["seed"]))
         modules = nn.ModuleDict()
+        factory = {"device": backbone.device, "dtype": backbone.dtype}
         for stage in self.plan():
-            module = GatedCrossAttention(backbone.hidden_size, *shape)
+            module = GatedCrossAttention(backbone.hidden_size, *shape, **factory)
             if self.settings["init"] == "nearest_attn":
                 j = min(attn_layers, key=lambda a: (abs(a - stage.layer), -a))
                 source = _attention_module(backbone.layers[j])
@@ -96,7 +131,7 @@ class TransV(TokenDropping):
                     w = getattr(module, name).weight
                     w.data.copy_(torch.randn(w.shape, generator=gen) * 0.02)
             modules[str(stage.layer)] = module
-        return modules.to(device=backbone.device, dtype=backbone.dtype).eval().requires_grad_(False)
+        return modules.eval().requires_grad_(False)
 
     def set_gates(self, alpha: float) -> None:
         """Set every stage's alpha (the gate is tanh(alpha)); trained values come from a checkpoint."""
@@ -111,4 +146,4 @@ class TransV(TokenDropping):
         if dropped.shape[1] == 0 or e >= state.hidden.shape[1]:
             return
         x1 = self.cross[str(i)](state.hidden[:, e:], dropped)
-        state.hidden = torch.cat([state.hidden[:, :e], x1.to(state.hidden.dtype)], dim=1)
+        state.hidden = torch.cat([state.hidden[:, :e], x1], dim=1)

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# A task's ``kind``: ``lengths`` tasks build requests of given lengths for run/matrix/maxframes
+# (``request(...)``); ``accuracy`` tasks load documents from data and are scored by ``eval``.
+LENGTHS, ACCURACY = "lengths", "accuracy"
+
 
 @dataclass
 class Doc:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from bench.errors import UserError
 from tasks import register_task
-from tasks.base import Doc, read_parquet
+from tasks.base import ACCURACY, Doc, read_parquet
 
 TXT = "charades_sta_test.txt"
 PARQUET_GLOBS = ("data/test-*.parquet", "*.parquet")
@@ -144,6 +144,7 @@ class CharadesSTA:
     """Charades-STA temporal grounding (test split)."""
 
     name = "charades"
+    kind = ACCURACY
     max_new_tokens = 50
 
     def __init__(self, data_dir: str):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from tasks import register_task
+from tasks.base import LENGTHS
 
 
 @dataclass
@@ -25,6 +26,8 @@ class Request:
 @register_task("synthetic")
 class Synthetic:
     """Random frames (or none) and random instruction ids of the requested lengths."""
+
+    kind = LENGTHS
 
     def __init__(self, seed: int = 0):
         self.seed = seed

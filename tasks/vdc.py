@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bench.errors import UserError
 from tasks import register_task
-from tasks.base import Doc
+from tasks.base import ACCURACY, Doc
 from tasks.judges import Judge, JudgeError
 
 CAPTION_TYPES = ("short", "detailed", "background", "main_object", "camera")
@@ -180,6 +180,7 @@ class VDC:
     """VDC detailed captioning, five caption types, scored with VDCscore by a judge LLM."""
 
     name = "vdc"
+    kind = ACCURACY
     max_new_tokens = max(MAX_NEW_TOKENS.values())
 
     def __init__(self, data_dir: str, judge: Judge | None = None, caption_types: list[str] | None = None,

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from bench.errors import UserError
 from tasks import register_task
-from tasks.base import Doc, read_parquet
+from tasks.base import ACCURACY, Doc, read_parquet
 
 PARQUET = "videomme/test-00000-of-00001.parquet"
 CHOICES = "ABCD"
@@ -154,6 +154,7 @@ class VideoMME:
     """Video-MME multiple choice, with or without subtitles."""
 
     name = "videomme"
+    kind = ACCURACY
     max_new_tokens = 16
 
     def __init__(self, data_dir: str, subtitles: bool = False):

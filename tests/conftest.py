@@ -1,7 +1,29 @@
-"""Suite-wide settings: tiny models run as fast on one intra-op thread, and far faster on a busy machine."""
+"""Suite-wide settings.
+
+- Tiny models run as fast on one intra-op thread, and far faster on a busy machine.
+- ``pytest -m kernels`` runs mamba-ssm's Triton kernels on the CPU under Triton's interpreter:
+  that must be switched on before transformers' Mamba modules are imported, so here, before
+  collection. The default run deselects those tests (``-m "not kernels"`` in pyproject).
+"""
+
+import importlib.util
 
 import pytest
 import torch
+
+KERNEL_PACKAGES = ("triton", "mamba_ssm")
+
+
+def pytest_configure(config):
+    if config.getoption("markexpr", "").strip() != "kernels":
+        return
+    missing = [p for p in KERNEL_PACKAGES if importlib.util.find_spec(p) is None]
+    if missing:
+        config.kernels_skip = f"kernel tests need {' and '.join(missing)} (see the README's test command)"
+        return
+    from architectures.kernels import use_triton_interpreter
+
+    use_triton_interpreter()
 
 
 @pytest.fixture(autouse=True, scope="session")

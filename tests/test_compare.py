@@ -152,3 +152,37 @@ def test_table1_rows_and_reference():
         paper_tables.render(records, "table1", reference={"compressor": "td"})
     with pytest.raises(UserError, match="unknown table preset"):
         paper_tables.render(records, "table9")
+
+
+def _eval_record(compressor: str, accuracy: float, kl: float = 0.1) -> dict:
+    return {"status": "ok", "spec": {"arch": "hybrid", "task": "vniah", "compressor": compressor},
+            "metrics": {}, "task": {"name": "vniah", "metrics": {"accuracy": accuracy, "accuracy/cell/4/0": 0.0,
+                                                                 "fidelity/kl_first_token": kl, "n": 30}}}
+
+
+def test_task_metrics_are_gated_in_absolute_points():
+    from bench.compare import compare
+
+    base = [_eval_record("none", 80.0), _eval_record("td:schedule=uni_2_0.9", 40.0)]
+    new = [_eval_record("none", 79.0), _eval_record("td:schedule=uni_2_0.9", 30.0)]
+    rows = compare(new, base, accuracy_tolerance=2.0)
+    verdicts = {(r.cell, r.metric.split(" (")[0]): r.verdict for r in rows}
+    assert verdicts[("compressor=none", "task accuracy")] == "ok"  # 1 point lower: within 2
+    assert verdicts[("compressor=td:schedule=uni_2_0.9", "task accuracy")] == "REGRESSION"
+    assert [r.metric for r in rows if r.metric.startswith("task")] == ["task accuracy (±2 pts)"] * 2
+    worse_kl = compare([_eval_record("none", 80.0, kl=3.0)], [_eval_record("none", 80.0, kl=0.1)])
+    assert [r.verdict for r in worse_kl if "kl" in r.metric] == []  # per-split and fidelity keys are not gated
+    assert all(r.verdict == "ok" for r in compare(base, base))
+
+
+def test_accuracy_tolerance_flag(tmp_path, capsys):
+    from bench.cli import main
+    from bench.records import append_record
+
+    base, new = tmp_path / "base.jsonl", tmp_path / "new.jsonl"
+    append_record(base, _eval_record("none", 80.0))
+    append_record(new, _eval_record("none", 74.0))
+    assert main(["compare", str(new), "--baseline", str(base), "--accuracy-tolerance", "10"]) == 0
+    assert main(["compare", str(new), "--baseline", str(base), "--accuracy-tolerance", "5"]) == 1
+    assert main(["compare", str(new), "--baseline", str(base), "--accuracy-tolerance", "-1"]) == 2
+    capsys.readouterr()

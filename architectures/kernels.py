@@ -1,0 +1,186 @@
+"""Fused Mamba kernels: which implementation transformers bound, and which one a tensor's device runs.
+
+transformers binds mamba-ssm's and causal-conv1d's functions when its modeling module is
+imported, if those packages import, and its own torch code otherwise, with no device check:
+with the ``gpu`` extra installed a CPU cell would send CPU tensors into GPU kernels. So each
+op is wrapped in a router (``install``):
+
+- CUDA tensors run the bound implementation (mamba-ssm / causal-conv1d when they imported);
+- CPU tensors run the library's torch code, except under Triton's interpreter
+  (``TRITON_INTERPRET=1``, see ``use_triton_interpreter``), the CPU proxy of the GPU path,
+  where mamba-ssm's Triton kernels run on the CPU too.
+
+``implementations(device)`` says what a cell on ``device`` runs, op by op; records carry it
+(``env.kernels``), so a broken mamba-ssm wheel that fell back to torch is never recorded as
+the kernel. ``forced("torch" | "kernel")`` overrides the routing (tests compare both paths).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import sys
+import types
+from collections import Counter
+from importlib.metadata import PackageNotFoundError, version
+
+# Global name in transformers' Mamba2/NemotronH modeling modules -> the op it stands for.
+OPS = {
+    "mamba2_chunk_scan": "mamba_chunk_scan_combined",
+    "mamba2_selective_state_update": "selective_state_update",
+    "mamba2_split_conv1d_scan_combined": "mamba_split_conv1d_scan_combined",
+    "causal_conv1d_fn": "causal_conv1d_fn",
+    "causal_conv1d_update": "causal_conv1d_update",
+}
+PACKAGES = ("mamba_ssm", "causal_conv1d", "flash_attn")
+PATHS = ("torch", "kernel")
+
+_ROUTERS: dict[str, "Router"] = {}  # op -> router (the last module installed wins; all bind alike)
+_forced: str | None = None
+calls: Counter = Counter()  # (op, "torch" | package) -> calls since the process started
+
+
+def interpreter_active() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+class Router:
+    """Calls the bound kernel or the library's torch code for one op, by the device of its first tensor."""
+
+    def __init__(self, op: str, wrapped):
+        self.op = op
+        self.torch_fn = wrapped.__wrapped__  # the library's reference code (functools.wraps)
+        binding = inspect.getclosurevars(wrapped).nonlocals  # what transformers' decorator closed over
+        bound = binding.get("implementation", self.torch_fn)
+        self.kernel = None if bound is self.torch_fn else bound
+        self.package = binding.get("package", bound.__module__.split(".")[0]) if self.kernel else None
+        self._accepts = _accepted(self.torch_fn)
+
+    def path_for(self, device_type: str) -> str:
+        if self.kernel is None:
+            return "torch"
+        if _forced is not None:
+            return _forced
+        return "kernel" if device_type == "cuda" or interpreter_active() else "torch"
+
+    def __call__(self, *args, **kwargs):
+        first = next((a for a in args if hasattr(a, "device")), None)
+        if self.path_for(first.device.type if first is not None else "cpu") == "kernel":
+            calls[(self.op, self.package)] += 1
+            return self.kernel(*args, **_only(kwargs, _accepted(self.kernel)))
+        calls[(self.op, "torch")] += 1
+        return self.torch_fn(*args, **_only(kwargs, self._accepts))
+
+
+def _accepted(fn) -> frozenset[str] | None:
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params)
+
+
+def _only(kwargs: dict, accepted: frozenset[str] | None) -> dict:
+    return kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted}
+
+
+def install(module: types.ModuleType) -> None:
+    """Wrap the op globals of a transformers modeling module in routers (idempotent)."""
+    for name, op in OPS.items():
+        fn = getattr(module, name, None)
+        if fn is None:
+            continue
+        if not isinstance(fn, Router):
+            if not hasattr(fn, "__wrapped__"):
+                raise RuntimeError(f"{module.__name__}.{name} is not a transformers kernel binding")
+            fn = Router(op, fn)
+            setattr(module, name, fn)
+        _ROUTERS[op] = fn
+
+
+def implementations(device: str) -> dict[str, str]:
+    """Op -> what a cell on ``device`` runs: ``torch`` or ``<package> <version>``."""
+    device_type = device.split(":")[0]
+    out = {}
+    for op, router in sorted(_ROUTERS.items()):
+        if router.path_for(device_type) == "kernel" and router.kernel is not None:
+            mode = " (triton interpreter)" if device_type == "cpu" else ""
+            out[op] = f"{router.package} {package_version(router.package)}{mode}"
+        else:
+            out[op] = "torch"
+    return out
+
+
+def bound() -> dict[str, str]:
+    """Op -> the implementation transformers bound at import (``torch`` when the package did not import)."""
+    return {op: r.package or "torch" for op, r in sorted(_ROUTERS.items())}
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name.replace("_", "-"))
+    except PackageNotFoundError:
+        return None
+
+
+def installed() -> dict[str, str | None]:
+    """Kernel packages installed (their versions), whether or not they import."""
+    return {name: package_version(name) for name in PACKAGES}
+
+
+@contextlib.contextmanager
+def forced(path: str | None):
+    """Inside the block, run every routed op on ``path``: "torch", or "kernel" where one is bound
+    (ops whose package did not import stay on torch); None: by device."""
+    global _forced
+    if path is not None and path not in PATHS:
+        raise ValueError(f"unknown kernel path {path!r}; valid: {', '.join(PATHS)}")
+    saved, _forced = _forced, path
+    try:
+        yield
+    finally:
+        _forced = saved
+
+
+def use_triton_interpreter(first_config_only: bool = True) -> None:
+    """Make mamba-ssm's Triton kernels run on the CPU (fp32 only: the interpreter's bf16 dot is wrong).
+
+    Must run before transformers' Mamba2/NemotronH modeling modules are imported. Shims:
+    an empty ``selective_scan_cuda`` (mamba_ssm's ``__init__`` imports the CUDA extension),
+    ``torch.cuda.device(None)`` as a null context (the kernels' wrappers enter it with the
+    tensor's index, None on CPU), and autotuners limited to their first config.
+    """
+    loaded = [m for m in ("transformers.models.mamba2.modeling_mamba2",
+                          "transformers.models.nemotron_h.modeling_nemotron_h") if m in sys.modules]
+    if loaded:
+        raise RuntimeError(f"use_triton_interpreter() must run before {loaded[0]} is imported")
+    os.environ["TRITON_INTERPRET"] = "1"
+    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+    import torch
+
+    if not getattr(torch.cuda.device, "_viperbench_null_on_none", False):
+        real = torch.cuda.device
+
+        class device:  # noqa: N801 - stands in for torch.cuda.device
+            _viperbench_null_on_none = True
+
+            def __init__(self, index):
+                self._inner = None if index is None else real(index)
+
+            def __enter__(self):
+                return self._inner.__enter__() if self._inner is not None else None
+
+            def __exit__(self, *exc):
+                return self._inner.__exit__(*exc) if self._inner is not None else False
+
+        torch.cuda.device = device
+    if first_config_only:
+        from triton.runtime import autotuner
+
+        init = autotuner.Autotuner.__init__
+        if not getattr(init, "_viperbench_first_config", False):
+            def first_config(self, fn, arg_names, configs, *args, **kwargs):
+                init(self, fn, arg_names, configs[:1], *args, **kwargs)
+
+            first_config._viperbench_first_config = True
+            autotuner.Autotuner.__init__ = first_config

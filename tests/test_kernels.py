@@ -1,0 +1,110 @@
+"""The GPU kernel path on CPU: mamba-ssm's Triton kernels under Triton's interpreter.
+
+Run with ``pytest -m kernels`` (the conftest switches the interpreter on before transformers'
+Mamba modules are imported). Through the harness's own layer loop, mamba-ssm's
+``mamba_chunk_scan_combined`` (prefill) and ``selective_state_update`` (decode) must give the
+logits of the library's torch code, for pure Mamba-2 and the hybrid, in fp32 (the
+interpreter's bf16 ``tl.dot`` is wrong): one-shot prefill, chunked prefill with the state
+carried through the cache, decode steps, and decode after a drop. Every test also checks
+that the kernels really ran, so none can pass on the torch path alone.
+
+The models are small (three or four blocks, Mamba chunk 32 so that prefill spans several of
+the kernel's chunks): the interpreter runs each kernel program in Python.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from architectures import ARCHITECTURES, kernels
+from architectures.hybrid import Hybrid
+from architectures.mamba import Mamba
+from bench.pipeline import decode_step, prefill
+from compressors.base import make_compressor
+
+pytestmark = pytest.mark.kernels
+
+PRESETS = {
+    "mamba": dict(Mamba.presets["tiny"], num_hidden_layers=3, chunk_size=32),
+    "hybrid": dict(Hybrid.presets["tiny"], hybrid_override_pattern="M*M-", chunk_size=32),
+}
+LENGTH, CHUNK, VISION = 80, 24, (1, 61)
+ATOL, RTOL = 1e-4, 1e-4
+_BUILT: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _kernels_on(request):
+    skip = getattr(request.config, "kernels_skip", None)
+    if skip:
+        pytest.skip(skip)
+    if not kernels.interpreter_active():
+        pytest.skip("run the kernel tests alone: pytest -m kernels")
+
+
+@pytest.fixture(params=["mamba", "hybrid"])
+def bb(request, monkeypatch):
+    name = request.param
+    if name not in _BUILT:
+        cls = ARCHITECTURES.get(name)
+        monkeypatch.setitem(cls.presets, "kernels", PRESETS[name])
+        _BUILT[name] = cls.build("kernels")
+        assert kernels.bound()["mamba_chunk_scan_combined"] == "mamba_ssm", "mamba-ssm did not bind"
+    return _BUILT[name]
+
+
+def _embeds(bb, seed=0):
+    ids = torch.randint(3, bb.config.vocab_size, (1, LENGTH), generator=torch.Generator().manual_seed(seed))
+    return bb.embed(ids)
+
+
+def _kernel_calls(op: str) -> int:
+    return kernels.calls[(op, "mamba_ssm")]
+
+
+def _generate(bb, path: str, steps: int, **prefill_kwargs):
+    """Prefill and ``steps`` greedy decode steps on one kernel path; every step's logits."""
+    with kernels.forced(path):
+        logits, seq = prefill(bb, _embeds(bb), **prefill_kwargs)
+        out = [logits]
+        for _ in range(steps):
+            out.append(decode_step(bb, out[-1].argmax(-1, keepdim=True), seq))
+    return out
+
+
+def _assert_paths_agree(kernel_out, torch_out):
+    assert len(kernel_out) == len(torch_out)
+    for k, t in zip(kernel_out, torch_out):
+        torch.testing.assert_close(k, t, atol=ATOL, rtol=RTOL)
+
+
+def test_one_shot_prefill(bb):
+    before = _kernel_calls("mamba_chunk_scan_combined")
+    _assert_paths_agree(_generate(bb, "kernel", 0), _generate(bb, "torch", 0))
+    assert _kernel_calls("mamba_chunk_scan_combined") > before
+
+
+def test_chunked_prefill_carries_the_state(bb):
+    before = _kernel_calls("mamba_chunk_scan_combined")
+    kernel_chunked = _generate(bb, "kernel", 0, chunk=CHUNK)
+    mamba_layers = sum(kind == "mamba" for kind in bb.layer_kinds())
+    assert _kernel_calls("mamba_chunk_scan_combined") - before == mamba_layers * -(-LENGTH // CHUNK)
+    _assert_paths_agree(kernel_chunked, _generate(bb, "torch", 0))
+
+
+def test_decode_steps(bb):
+    before = _kernel_calls("selective_state_update")
+    _assert_paths_agree(_generate(bb, "kernel", 3), _generate(bb, "torch", 3))
+    assert _kernel_calls("selective_state_update") > before
+
+
+def test_decode_after_a_drop(bb):
+    def run(path):
+        compressor = make_compressor("td:schedule=uni_1_0.5-attn_2_0.5")
+        compressor.check(bb)
+        return _generate(bb, path, 3, compressor=compressor, vision=VISION, chunk=CHUNK)
+
+    before = _kernel_calls("selective_state_update")
+    _assert_paths_agree(run("kernel"), run("torch"))
+    assert _kernel_calls("selective_state_update") > before
