@@ -256,7 +256,9 @@ def cmd_maxframes(args) -> int:
 
     if args.predict_first:
         from bench.predict import estimate_for_search
+        from bench.spec import check_runnable
 
+        check_runnable(spec)  # a CUDA cell needs CUDA before anything is predicted for it
         estimate, predicted, predictor = estimate_for_search(spec, limit=args.limit, precision=args.precision)
         print(f"  predicted max frames {estimate} in {predicted['predict_s']:.1f} s; one real probe at half of it "
               "calibrates the prediction, then a few confirm", file=sys.stderr)
