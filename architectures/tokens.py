@@ -36,6 +36,26 @@ class TokenState:
     vision: torch.Tensor
     frames: torch.Tensor | None = None
     per_vision: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    # Kept on the host so that a pass never reads the device to shape its tensors (no sync, and
+    # fake-tensor passes work: bench.fake_pass): how many vision tokens, and the index just after
+    # the last one (where the instruction starts). -1: count them from the mask.
+    n_vision: int = -1
+    vision_end: int = -1
+
+    def __post_init__(self):
+        if self.n_vision < 0:
+            self.n_vision = int(self.vision.sum())
+        if self.vision_end < 0:
+            self.vision_end = int(self.vision.nonzero().max()) + 1 if self.n_vision else self.length
+
+    @classmethod
+    def for_prompt(cls, embeds: torch.Tensor, vision) -> "TokenState":
+        """The state of a prompt whose vision tokens are a (start, end) span or a bool mask."""
+        length = embeds.shape[1]
+        mask = cls.vision_mask(length, vision, embeds.device)
+        counts = {} if isinstance(vision, torch.Tensor) else {
+            "n_vision": vision[1] - vision[0], "vision_end": vision[1] if vision[1] > vision[0] else length}
+        return cls(embeds, torch.arange(length, device=embeds.device), mask, **counts)
 
     @staticmethod
     def vision_mask(length: int, vision, device) -> torch.Tensor:
@@ -52,16 +72,22 @@ class TokenState:
 
     def vision_index(self) -> torch.Tensor:
         """Sequence indices of the vision tokens, ascending."""
-        return self.vision.nonzero().squeeze(1)
+        return true_indices(self.vision, self.n_vision)
 
-    def select(self, index: torch.Tensor) -> None:
-        """Keep only the tokens at ``index`` (ascending sequence indices), everything aligned with them."""
+    def select(self, index: torch.Tensor, n_vision: int | None = None, vision_end: int | None = None) -> None:
+        """Keep only the tokens at ``index`` (ascending sequence indices), everything aligned with them.
+
+        ``n_vision``/``vision_end`` of the result, when the caller knows them; else read from the mask."""
         rank = torch.cumsum(self.vision.long(), 0) - 1
         kept_vision = self.vision[index]
-        ranks = rank[index][kept_vision]
+        if n_vision is None:
+            n_vision = int(kept_vision.sum())
+            vision_end = int(kept_vision.nonzero().max()) + 1 if n_vision else index.numel()
+        ranks = rank[index][true_indices(kept_vision, n_vision)]
         self.hidden = self.hidden[:, index]
         self.positions = select_positions(self.positions, index)
         self.vision = kept_vision
+        self.n_vision, self.vision_end = n_vision, vision_end
         if self.frames is not None:
             self.frames = self.frames[index]
         self.per_vision = {k: [t[ranks] for t in v] for k, v in self.per_vision.items()}
@@ -72,8 +98,17 @@ class TokenState:
         vis = self.vision_index()
         gone = torch.ones(vis.numel(), dtype=torch.bool, device=vis.device)
         gone[keep] = False
-        dropped = self.hidden[:, vis[gone]]
+        n_gone = self.n_vision - keep.numel()
+        gone_index = vis[true_indices(gone, n_gone)]
+        dropped = self.hidden[:, gone_index]
         stay = torch.ones(self.length, dtype=torch.bool, device=vis.device)
-        stay[vis[gone]] = False
-        self.select(stay.nonzero().squeeze(1))
+        stay[gone_index] = False
+        self.select(true_indices(stay, self.length - n_gone), n_vision=keep.numel(),
+                    vision_end=self.vision_end - n_gone)
         return dropped
+
+
+def true_indices(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` True entries of a 1-D mask, ascending: a stable sort instead of
+    ``nonzero``, so the result's shape is known without reading the device."""
+    return torch.sort(mask.to(torch.uint8), descending=True, stable=True).indices[:count]

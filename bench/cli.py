@@ -82,6 +82,28 @@ def build_parser() -> Parser:
                    help="stop when the gap is within this fraction of the fitting count (default 1/32)")
     p.add_argument("--output", help="append the record to this JSONL file")
 
+    p.add_argument("--predict-first", action="store_true",
+                   help="start from the predicted max frames (bench.predict) and confirm with a few real probes")
+
+    p = sub.add_parser("predict", help="peak memory, fit, max frames and roofline speed on a named GPU, from a CPU")
+    _add_cell_flags(p, lists=False)
+    p.add_argument("--gpu", default="h100-80gb", help="GPU from the built-in table (default h100-80gb) or custom")
+    p.add_argument("--gpu-memory", help="override the GPU's memory, e.g. 80GiB")
+    p.add_argument("--gpu-tflops", help="override its dense bf16 TFLOP/s")
+    p.add_argument("--gpu-bandwidth", help="override its memory bandwidth, e.g. 3.35TB/s")
+    p.add_argument("--context-margin", default="1.5GiB",
+                   help="memory torch's allocator never sees: CUDA context, driver, workspaces (default 1.5GiB)")
+    p.add_argument("--allocator-margin", default="5%", help="caching-allocator fragmentation (default 5%%)")
+    p.add_argument("--mamba-kernels", default="mamba-ssm",
+                   help="mamba-ssm (as a GPU with mamba-ssm runs) | torch (transformers' reference code)")
+    p.add_argument("--no-max-frames", action="store_true", help="skip the predicted max-frames search")
+    p.add_argument("--limit", type=int, default=1 << 20, help="largest frame count the search considers")
+    p.add_argument("--precision", type=float, default=1 / 32, help="max-frames search precision (default 1/32)")
+    p.add_argument("--serve-batch", type=int,
+                   help="also predict generated tokens/s for this many requests served together (needs --batch 1)")
+    p.add_argument("--json", action="store_true", help="print the record as JSON instead of the summary")
+    p.add_argument("--output", help="append the record to this JSONL file")
+
     p = sub.add_parser("eval", help="accuracy on a task's local data (per-document log + one aggregate record)")
     _add_cell_flags(p, lists=False)
     p.add_argument("--data", help="the task's data directory, in its official layout (vniah: generated from --seed "
@@ -236,11 +258,52 @@ def cmd_maxframes(args) -> int:
         peak = f"{probe['peak_mem_bytes'] / 2**20:.0f} MiB" if probe["peak_mem_bytes"] else "-"
         print(f"  probe {probe['frames']:>8} frames: {probe['status']:<5} peak {peak}", file=sys.stderr)
 
-    record = search(spec, start=args.start, limit=args.limit, precision=args.precision, on_probe=show)
+    if args.predict_first:
+        from bench.predict import estimate_for_search
+        from bench.spec import check_runnable
+
+        check_runnable(spec)  # a CUDA cell needs CUDA before anything is predicted for it
+        estimate, predicted, predictor = estimate_for_search(spec, limit=args.limit, precision=args.precision)
+        print(f"  predicted max frames {estimate} in {predicted['predict_s']:.1f} s; one real probe at half of it "
+              "calibrates the prediction, then a few confirm", file=sys.stderr)
+        record = search(spec, limit=args.limit, precision=args.precision, on_probe=show, estimate=estimate,
+                        calibrate=predictor.calibrate)
+        record["metrics"]["predicted_first"] = predicted
+    else:
+        record = search(spec, start=args.start, limit=args.limit, precision=args.precision, on_probe=show)
     if args.output:
         append_record(args.output, record)
     print(summary_line(record))
     return 0 if record["status"] == "ok" else 1
+
+
+def cmd_predict(args) -> int:
+    from bench.compare import parse_percent
+    from bench.gpus import resolve
+    from bench.predict import predict, summary
+    from bench.records import append_record, check_writable
+    from bench.spec import make_spec, parse_bytes
+
+    values = {"frames": 64, "device": "cuda", **_cell_values(args)}
+    target = "cpu" if values["device"] == "cpu" else "gpu"
+    if args.mamba_kernels not in ("mamba-ssm", "torch"):
+        raise UserError(f"unknown --mamba-kernels {args.mamba_kernels!r}; valid: mamba-ssm, torch")
+    if args.limit <= 0 or not 0 <= args.precision < 1:
+        raise UserError("--limit must be positive and --precision in [0, 1)")
+    if args.serve_batch is not None and args.serve_batch <= 0:
+        raise UserError(f"--serve-batch must be positive, got {args.serve_batch}")
+    spec = make_spec(values)
+    gpu = resolve(args.gpu, args.gpu_memory, args.gpu_tflops, args.gpu_bandwidth) if target == "gpu" else None
+    if args.output:
+        check_writable(args.output)
+    record = predict(spec, gpu, target=target, mamba=args.mamba_kernels,
+                     context_margin=parse_bytes(args.context_margin),
+                     allocator_margin=parse_percent(args.allocator_margin), max_frames=not args.no_max_frames,
+                     limit=args.limit, precision=args.precision, serve_batch=args.serve_batch)
+    if args.output:
+        append_record(args.output, record)
+    print(json.dumps(record, default=str) if args.json else summary(record))
+    return 0
 
 
 def cmd_eval(args) -> int:
@@ -367,7 +430,8 @@ def cmd_table(args) -> int:
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "matrix": cmd_matrix, "maxframes": cmd_maxframes, "table": cmd_table,
             "compare": cmd_compare, "plot": cmd_plot, "report": cmd_report, "eval": cmd_eval, "score": cmd_score,
-            "train": cmd_train, "lm-eval": cmd_lm_eval}
+            "train": cmd_train, "lm-eval": cmd_lm_eval,
+            "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,11 +26,13 @@ class Generation:
 
 @torch.inference_mode()
 def generate(backbone, embeds: torch.Tensor | None = None, *, max_new_tokens: int, eos_id=None,
-             compressor=None, vision=(0, 0), state=None, chunk: int | None = None, timer=None) -> Generation:
+             compressor=None, vision=(0, 0), state=None, chunk: int | None = None, timer=None,
+             after_prefill=None) -> Generation:
     """Greedy decoding of at most ``max_new_tokens`` tokens per sequence.
 
     With ``eos_id`` (an id or a collection of ids; batch 1) generation stops before EOS. ``state`` is a ready token state
-    (real video LLMs); otherwise ``embeds`` with the ``vision`` span or mask.
+    (real video LLMs); otherwise ``embeds`` with the ``vision`` span or mask. ``after_prefill(seq)``,
+    if given, sees the prefilled sequence before decoding starts (e.g. to read the cache's size).
     """
     eos = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
     stage = timer.stage if timer is not None else (lambda name: nullcontext())
@@ -38,6 +40,8 @@ def generate(backbone, embeds: torch.Tensor | None = None, *, max_new_tokens: in
         logits, seq = prefill(backbone, embeds, compressor=compressor, vision=vision, chunk=chunk, state=state)
         token = logits.argmax(-1, keepdim=True)
         kept = seq.length
+    if after_prefill is not None:
+        after_prefill(seq)
     out: list[torch.Tensor] = []
     with stage("decode_s"):
         while max_new_tokens > 0:

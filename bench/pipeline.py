@@ -73,9 +73,7 @@ def prefill(backbone: Backbone, embeds: torch.Tensor, *, grad: bool = False, **k
 def _prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, vision=(0, 0),
              chunk: int | None = None, state: TokenState | None = None) -> tuple[torch.Tensor, Sequence]:
     if state is None:
-        length = embeds.shape[1]
-        state = TokenState(embeds, torch.arange(length, device=embeds.device),
-                           TokenState.vision_mask(length, vision, embeds.device))
+        state = TokenState.for_prompt(embeds, vision)
     cache = backbone.new_cache()
     hooked = compressor.llm_layers(backbone) if compressor is not None else ()
     chunks = _chunk_inputs(backbone, state.positions, chunk)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from architectures import ARCHITECTURES
+from bench.cost import cache_bytes, record_cost
 from bench.errors import UserError
 from bench.meters import MemoryMeter, StageTimer, release_free_memory
 from bench.generate import generate
@@ -98,12 +99,18 @@ def one_pass_video_llm(spec: CellSpec, model: Model, request, meter: MemoryMeter
         with timer.stage("vision_s"):
             compressor.new_video()
             prompt = bb.prompt(frames, synthetic_prompt(spec.prompt_tokens), compressor)
+        cache: dict = {}
         kept = generate(bb, max_new_tokens=spec.new_tokens + 1, compressor=compressor, state=prompt.state,
-                        chunk=spec.prefill_chunk, timer=timer).kept
-    return _metrics(spec, timer.times, prompt.input_ids.shape[1], prompt.vision_tokens, kept, compressor)
+                        chunk=spec.prefill_chunk, timer=timer, after_prefill=_read_cache(cache)).kept
+    return _metrics(spec, timer.times, prompt.input_ids.shape[1], prompt.vision_tokens, kept, compressor, cache)
 
 
-def _metrics(spec: CellSpec, t: dict, input_tokens: int, n_vision: int, kept: int, compressor) -> dict:
+def _read_cache(into: dict):
+    """An ``after_prefill`` hook: the KV and Mamba state bytes at the end of prefill (metrics.cost)."""
+    return lambda seq: into.update(cache_bytes(seq.cache))
+
+
+def _metrics(spec: CellSpec, t: dict, input_tokens: int, n_vision: int, kept: int, compressor, cache: dict) -> dict:
     batch = spec.batch
     ttft = t["decode_video_s"] + t["vision_s"] + t["prefill_s"]
     return {
@@ -119,6 +126,7 @@ def _metrics(spec: CellSpec, t: dict, input_tokens: int, n_vision: int, kept: in
         "e2e_tok_s": batch * (input_tokens + spec.new_tokens) / (ttft + t["decode_s"]),
         "stages": dict(t),
         "compressor": compressor.report(),
+        "cache": cache,
     }
 
 
@@ -149,10 +157,11 @@ def one_pass(spec: CellSpec, model: Model, request, meter: MemoryMeter) -> dict:
         span = (1, 1 + vision.shape[1])
         del vision
         # forced: the first token and --new-tokens decode steps, no stop token
+        cache: dict = {}
         kept = generate(bb, embeds, max_new_tokens=spec.new_tokens + 1, compressor=compressor, vision=span,
-                        chunk=spec.prefill_chunk, timer=timer).kept
+                        chunk=spec.prefill_chunk, timer=timer, after_prefill=_read_cache(cache)).kept
         del embeds
-    return _metrics(spec, timer.times, 1 + n_vision + spec.prompt_tokens, n_vision, kept, compressor)
+    return _metrics(spec, timer.times, 1 + n_vision + spec.prompt_tokens, n_vision, kept, compressor, cache)
 
 
 def summarise(samples: list[dict], peaks: list[dict]) -> dict:
@@ -219,7 +228,9 @@ class CellRun:
             self.peaks.append(peak)
 
     def record(self, **extra) -> dict:
-        return make_record(self.spec.to_dict(), self.env, metrics=summarise(self.samples, self.peaks), **extra)
+        metrics = summarise(self.samples, self.peaks)
+        metrics["cost"] = record_cost(self.spec, self.model, metrics, self.env)  # takes over metrics["cache"]
+        return make_record(self.spec.to_dict(), self.env, metrics=metrics, **extra)
 
     def failure(self, exc: BaseException) -> dict:
         """The record of a cell that raised: status oom or error, with a one-line message."""

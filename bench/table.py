@@ -41,7 +41,28 @@ METRICS: dict[str, tuple[str, str, bool | None]] = {
     "tokens_after_compression": ("tokens after compression", "d", None),
     "compression_ratio": ("compression ratio", ".3f", None),
     "task.accuracy": ("accuracy", ".3f", True),
+    # metrics.cost (bench.cost): sizes at the end of prefill, analytic FLOPs, utilisation of the device's peaks
+    "cost.weights_bytes": ("weights (MiB)", ".1f", None),
+    "cost.kv_cache_bytes": ("KV cache (MiB)", ".2f", False),
+    "cost.ssm_state_bytes": ("SSM state (MiB)", ".2f", False),
+    "cost.conv_state_bytes": ("conv state (MiB)", ".3f", False),
+    "cost.prefill_flops": ("prefill (GFLOP)", ".2f", None),
+    "cost.decode_flops": ("decode (GFLOP)", ".3f", None),
+    "cost.prefill_flops_util": ("prefill FLOP/s of peak (%)", ".1f", True),
+    "cost.decode_bw_util": ("decode bytes/s of peak (%)", ".1f", True),
+    # viperbench predict records
+    "predicted_peak_mem_bytes": ("predicted peak mem (MiB)", ".1f", False),
+    "predicted_max_frames": ("predicted max frames", "d", True),
 }
+
+# metric -> factor from the record's unit to the table's
+DISPLAY_SCALE = {"peak_mem_bytes": 1 / MIB, "cost.weights_bytes": 1 / MIB, "cost.kv_cache_bytes": 1 / MIB,
+                 "cost.ssm_state_bytes": 1 / MIB, "cost.conv_state_bytes": 1 / MIB, "cost.prefill_flops": 1e-9,
+                 "cost.decode_flops": 1e-9, "cost.prefill_flops_util": 100.0, "cost.decode_bw_util": 100.0,
+                 "predicted_peak_mem_bytes": 1 / MIB}
+_PATHS = {"cost.prefill_flops_util": ["metrics", "cost", "utilisation", "prefill_flops_util"],
+          "cost.decode_bw_util": ["metrics", "cost", "utilisation", "decode_bw_util"],
+          "predicted_max_frames": ["metrics", "max_frames", "predicted_max_frames"]}
 
 TASK_PREFIX = "task."
 TASK_DEFAULT = (".4g", True)  # format and direction of task metrics not listed in METRICS
@@ -205,6 +226,10 @@ def _lookup(record: dict, key: str) -> Any:
         return _ABSENT
     if key.startswith(TASK_PREFIX):
         return _path(record, ["task", "metrics", key[len(TASK_PREFIX) :]])
+    if key in _PATHS:
+        return _path(record, _PATHS[key])
+    if key.startswith("cost."):
+        return _path(record, ["metrics", *key.split(".")])
     if "." in key:
         return _path(record, key.split("."))
     for section in (["spec"], [], ["metrics"]):
@@ -265,9 +290,7 @@ def _cell(record: dict | None, metric: str) -> Any:
     value = field(record, metric)
     if not _is_number(value):
         return MISSING
-    if metric == "peak_mem_bytes":
-        return value / MIB
-    return value
+    return value * DISPLAY_SCALE.get(metric, 1)
 
 
 def _format(value: Any, spec: str) -> str:

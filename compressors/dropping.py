@@ -117,7 +117,7 @@ class Dropper(Compressor):
             if stage.layer != i:
                 continue
             with self.timed():
-                n = int(state.vision.sum())
+                n = state.n_vision
                 kept = kept_count(n, stage.p) if n else 0
                 if kept < n:
                     idx = self.select(stage, state, backbone, n, kept)

@@ -137,8 +137,7 @@ class TransV(TokenDropping):
         return sum(p.numel() for p in self.cross.parameters()) if self.cross is not None else 0
 
     def transfer(self, i: int, state, dropped: torch.Tensor, backbone) -> None:
-        vis = state.vision_index()
-        e = int(vis[-1]) + 1 if vis.numel() else int(state.vision.numel())  # instruction: after the last vision token
+        e = state.vision_end  # the instruction: the tokens after the last vision token
         if dropped.shape[1] == 0 or e >= state.hidden.shape[1]:
             return
         x1 = self.cross[str(i)](state.hidden[:, e:], dropped)

@@ -1,0 +1,206 @@
+"""One measured pass run on fake tensors: the peak allocated memory of a cell, without allocating.
+
+The model is built under torch's ``FakeTensorMode`` on the (fake) ``cpu`` device: every
+tensor has its shape, dtype and strides but no data, so a full-size model costs nothing.
+``bench.runner.one_pass`` then runs exactly as in a measurement (embeddings, compressor
+hooks, chunked prefill, decode steps) while ``LiveBytes`` tracks the bytes of every live
+tensor storage: a storage is counted when an op first returns it and uncounted by a
+weakref finalizer when the last tensor using it dies, which is what a caching allocator's
+"allocated" counter sees. Weights and the request are registered first.
+
+``target="gpu"`` swaps in the GPU kernels' allocation patterns (``bench.gpu_kernels``);
+``target="cpu"`` runs this CPU build's own code paths, which is what the tests compare
+with the real allocations of a CPU run.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from bench.cost import cache_bytes
+from bench.errors import UserError
+
+
+class LiveBytes(TorchDispatchMode):
+    """Live and peak bytes of tensor storages created by ops (and of tensors registered with ``add``)."""
+
+    def __init__(self, on_peak=None):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._sizes: dict[int, int] = {}
+        self.on_peak = on_peak
+
+    def add(self, tensor) -> int:
+        """Count ``tensor``'s storage if it is not counted yet; returns the bytes added."""
+        if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
+            return 0
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key in self._sizes:
+            return 0
+        size = storage.nbytes()
+        self._sizes[key] = size
+        self.live += size
+        weakref.finalize(storage, self._free, key)
+        if self.live > self.peak:
+            self.peak = self.live
+            if self.on_peak is not None:
+                self.on_peak()
+        return size
+
+    def _free(self, key: int) -> None:
+        self.live -= self._sizes.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            self.add(t)
+        return out
+
+
+@contextmanager
+def _replace_on_to():
+    """``Module.to`` that replaces parameters instead of swapping them (fake tensors cannot be swapped)."""
+    original = nn.Module.to
+
+    def to(self, *args, **kwargs):
+        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        for module in self.modules():
+            for name, p in list(module._parameters.items()):
+                if p is not None:
+                    q = p.to(device=device, dtype=dtype if p.is_floating_point() else None)
+                    module._parameters[name] = nn.Parameter(q, requires_grad=p.requires_grad)
+            for name, b in list(module._buffers.items()):
+                if b is not None:
+                    module._buffers[name] = b.to(device=device, dtype=dtype if b.is_floating_point() else None)
+        return self
+
+    nn.Module.to = to
+    try:
+        yield
+    finally:
+        nn.Module.to = original
+
+
+class _NoMeter:
+    def sample(self) -> None:
+        pass
+
+
+def _register(tracker: LiveBytes, module) -> int:
+    if module is None:
+        return 0
+    return sum(tracker.add(t) for t in (*module.parameters(), *module.buffers()))
+
+
+def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm") -> dict:
+    """Peak allocated bytes of one pass of ``spec`` (as ``bench.runner.one_pass`` runs it), by part."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from architectures import ARCHITECTURES
+    from bench.gpu_kernels import backend, gpu_kernels
+    from bench.runner import Model, one_pass
+    from compressors.base import make_compressor
+    from tasks.synthetic import Request
+
+    if spec.vision != "synthetic":
+        raise UserError("predictions cover the LLM side: use --vision synthetic")
+    if target not in ("gpu", "cpu"):
+        raise UserError(f"unknown prediction target {target!r}; valid: gpu, cpu")
+    t0 = time.perf_counter()
+    dtype = getattr(torch, spec.resolved_dtype)
+    run_spec = spec.replace(device="cpu", dtype=spec.resolved_dtype)
+    arch = ARCHITECTURES.get(spec.arch)
+    caches: list = []
+    at_peak: dict[str, int] = {}
+
+    def snapshot():
+        at_peak.update(cache_bytes(caches[-1]) if caches else {})
+
+    tracker = LiveBytes(on_peak=snapshot)
+    with FakeTensorMode(), _replace_on_to():
+        config = arch.check_checkpoint(spec.checkpoint) if spec.checkpoint else arch.make_config(spec.preset)
+        with torch.device("cpu"):
+            model = arch.model_class(config)
+        model.to(dtype)
+        backbone = arch(model.eval(), preset=spec.preset, checkpoint=spec.checkpoint)
+        compressor = make_compressor(spec.compressor)
+        compressor.check(backbone)
+        compressor.prepare(backbone)
+        weights = _register(tracker, backbone.model)
+        compressor_bytes = _register(tracker, getattr(compressor, "cross", None))
+        request = Request(bos_id=1, frames=None,
+                          prompt_ids=torch.zeros((spec.batch, spec.prompt_tokens), dtype=torch.long))
+        inputs = tracker.add(request.prompt_ids)
+        new_cache = backbone.new_cache
+
+        def tracked_cache():
+            caches.append(new_cache())
+            return caches[-1]
+
+        backbone.new_cache = tracked_cache
+        # Peaks per stage: the prefill ends with one logits call, and so does every decode step.
+        stage_peaks: list[tuple[int, dict]] = []
+        logits = backbone.logits
+
+        def tracked_logits(hidden):
+            out = logits(hidden)
+            stage_peaks.append((tracker.peak, dict(at_peak)))
+            tracker.peak = tracker.live
+            return out
+
+        backbone.logits = tracked_logits
+        embed = backbone.embed
+
+        def tracked_embed(ids):
+            if stage_peaks:  # a decode step starts: its peak counts from what is live now
+                tracker.peak = tracker.live
+            return embed(ids)
+
+        backbone.embed = tracked_embed
+        tracker.peak = tracker.live
+        kernels = gpu_kernels(mamba) if target == "gpu" else nullcontext()
+        steps = min(spec.new_tokens, 2)
+        with kernels, tracker:
+            result = one_pass(run_spec.replace(new_tokens=steps), Model(backbone, None, compressor), request,
+                              _NoMeter())
+    # Every decode step adds one token to each attention layer's cache and otherwise repeats the last one,
+    # so the peak of step N is step 2's plus (N - 2) times the growth from step 1 to step 2.
+    (peak, at), *decode = stage_peaks
+    if decode:
+        p1, _ = decode[0]
+        p_last, at_last = decode[-1]
+        growth = p_last - p1 if len(decode) > 1 else 0
+        extra = (spec.new_tokens - len(decode)) * growth
+        if p_last + extra > peak:
+            peak, at = p_last + extra, dict(at_last)
+            at["kv_cache_bytes"] = at.get("kv_cache_bytes", 0) + extra
+    state = {k: at.get(k, 0) for k in ("kv_cache_bytes", "ssm_state_bytes", "conv_state_bytes")}
+    parts = {"weights_bytes": weights, "compressor_params_bytes": compressor_bytes, **state}
+    parts["activations_bytes"] = peak - sum(parts.values())
+    stages = {"prefill_peak_bytes": stage_peaks[0][0],
+              "decode_peak_bytes": [p for p, _ in decode], "decode_steps_run": len(decode)}
+    return {
+        "peak_bytes": peak,
+        "parts": parts,
+        "stages": stages,
+        "inputs_bytes": inputs,
+        "end_of_prefill": result["cache"],
+        "input_tokens": result["input_tokens"],
+        "vision_tokens": result["vision_tokens"],
+        "tokens_after_compression": result["tokens_after_compression"],
+        "compressor": result["compressor"],
+        "target": target,
+        "mamba_kernels": (backend() if mamba == "mamba-ssm" else "transformers' reference PyTorch code")
+        if target == "gpu" and "mamba" in backbone.layer_kinds() else None,
+        "attention_kernel": "flash (output + float32 log-sum-exp)" if target == "gpu" else "this CPU build's SDPA",
+        "seconds": time.perf_counter() - t0,
+    }

@@ -1,0 +1,172 @@
+"""Memory predictions on fake tensors against real CPU allocations, closed forms of the caches, the command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from architectures import ARCHITECTURES
+from bench import runner
+from bench.cli import main
+from bench.cost import cache_bytes, kv_bytes_per_token, state_bytes_per_sequence
+from bench.fake_pass import predict_pass
+from bench.spec import make_spec
+from tasks.synthetic import Synthetic
+
+# Stated tolerance of a predicted peak against the measured one (in practice they agree to the byte).
+TOLERANCE = 0.01
+
+
+class _NoMeter:
+    def sample(self):
+        pass
+
+
+def measured_peak_bytes(spec) -> int:
+    """Peak bytes torch's CPU allocator holds during one real pass: the model and request, plus the peak of the
+    allocator's own allocation/free events (torch profiler, profile_memory) during the pass."""
+    model = runner.build_model(spec)
+    request = Synthetic(seed=spec.seed).request(batch=spec.batch, frames=spec.frames,
+                                                prompt_tokens=spec.prompt_tokens,
+                                                vocab_size=model.backbone.config.vocab_size, device="cpu",
+                                                dtype=model.backbone.dtype, image_size=None)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        runner.one_pass(spec, model, request, _NoMeter())
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    resident = runner.model_bytes(model) + request.prompt_ids.numel() * request.prompt_ids.element_size()
+    return resident + peak
+
+
+CASES = [
+    dict(arch="transformer", preset="tiny", frames=48, compressor="none"),
+    dict(arch="transformer", preset="small", frames=48, compressor="attention:layer=2,p=0.5", prefill_chunk=384),
+    dict(arch="mamba", preset="tiny", frames=48, compressor="uniform:layer=2,p=0.5", prefill_chunk=384),
+    dict(arch="mamba", preset="small", frames=32, compressor="none"),
+    dict(arch="hybrid", preset="tiny", frames=48, compressor="transv:schedule=uni_2_0.5-attn_10_0.9",
+         prefill_chunk=384),
+    dict(arch="hybrid", preset="small", frames=32, compressor="td:schedule=uni_2_0.5-attn_10_0.9"),
+    dict(arch="hybrid", preset="tiny", frames=32, compressor="none", batch=2),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_predicted_peak_equals_measured_cpu_allocations(case):
+    spec = make_spec({**case, "new_tokens": 5, "warmup": 0, "repeats": 1})
+    predicted = predict_pass(spec, target="cpu")
+    measured = measured_peak_bytes(spec)
+    assert abs(predicted["peak_bytes"] - measured) <= TOLERANCE * measured, (predicted["peak_bytes"], measured)
+    parts = predicted["parts"]
+    assert sum(parts.values()) == predicted["peak_bytes"] and min(parts.values()) >= 0
+    model = runner.build_model(spec).backbone.model
+    assert parts["weights_bytes"] == sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def test_kv_bytes_per_token_of_paper_presets_equal_the_closed_form():
+    transformer = ARCHITECTURES.get("transformer").skeleton("paper")
+    hybrid = ARCHITECTURES.get("hybrid").skeleton("paper")
+    assert kv_bytes_per_token(transformer, 2) == 36 * 2 * 8 * 128 * 2  # bf16 Qwen3-8B
+    assert kv_bytes_per_token(hybrid, 2) == 4 * 2 * 8 * 128 * 2  # Nemotron-Nano-9B-v2: 4 attention blocks
+    assert kv_bytes_per_token(ARCHITECTURES.get("mamba").skeleton("paper"), 2) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["transformer", "hybrid", "mamba"])
+def test_paper_caches_the_library_allocates_equal_the_closed_forms(arch):
+    """The caches transformers allocates in a (fake) full-size bf16 GPU prefill, against the closed forms."""
+    spec = make_spec(dict(arch=arch, preset="paper", frames=4, device="cuda", new_tokens=1))
+    result = predict_pass(spec, target="gpu")
+    bb = ARCHITECTURES.get(arch).skeleton("paper")
+    assert result["end_of_prefill"]["kv_cache_bytes"] == kv_bytes_per_token(bb, 2) * result["input_tokens"]
+    state = state_bytes_per_sequence(bb, 2)
+    assert result["end_of_prefill"]["ssm_state_bytes"] == state["ssm_state_bytes"]
+    assert result["end_of_prefill"]["conv_state_bytes"] == state["conv_state_bytes"]
+    if arch == "hybrid":  # 27 Mamba-2 blocks: 128 heads x 80 x state 128, float32; conv 4 x (10240 + 2 x 8 x 128)
+        assert state["ssm_state_bytes"] == 27 * 128 * 80 * 128 * 4
+        assert state["conv_state_bytes"] == 27 * (10240 + 2 * 8 * 128) * 4 * 2
+
+
+@pytest.mark.parametrize("arch", ["mamba", "hybrid"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_state_bytes_equal_the_cache_a_real_prefill_allocates(arch, dtype):
+    from bench.pipeline import prefill
+
+    bb = ARCHITECTURES.get(arch).build("tiny", dtype=getattr(torch, dtype))
+    embeds = torch.randn(2, 40, bb.hidden_size, dtype=bb.dtype)
+    _, seq = prefill(bb, embeds)
+    got = cache_bytes(seq.cache)
+    closed = state_bytes_per_sequence(bb, bb.dtype.itemsize)
+    assert got["ssm_state_bytes"] == 2 * closed["ssm_state_bytes"]
+    assert got["conv_state_bytes"] == 2 * closed["conv_state_bytes"]
+    assert got["kv_cache_bytes"] == 2 * 40 * kv_bytes_per_token(bb, bb.dtype.itemsize)
+
+
+@pytest.mark.slow
+def test_gpu_path_predicts_less_than_the_reference_mamba_code():
+    spec = make_spec(dict(arch="hybrid", preset="small", frames=256, device="cuda", new_tokens=2))
+    kernels = predict_pass(spec, target="gpu", mamba="mamba-ssm")
+    reference = predict_pass(spec, target="gpu", mamba="torch")
+    assert kernels["parts"]["weights_bytes"] == reference["parts"]["weights_bytes"]
+    assert kernels["peak_bytes"] < reference["peak_bytes"]
+
+
+@pytest.mark.slow
+def test_closed_form_chunk_scan_equals_mamba_ssm_wrappers(monkeypatch):
+    import bench.gpu_kernels as gk
+
+    if gk._mamba_ssm()[0] is None:
+        pytest.skip("mamba-ssm's wrappers are not importable here")
+    spec = make_spec(dict(arch="mamba", preset="small", frames=100, device="cuda", new_tokens=1))
+    counted = predict_pass(spec, target="gpu")
+    monkeypatch.setattr(gk, "_mamba_ssm", lambda: (None, "closed form"))
+    closed = predict_pass(spec, target="gpu")
+    assert counted["stages"]["prefill_peak_bytes"] == closed["stages"]["prefill_peak_bytes"]
+
+
+def test_predict_command_prints_predicted_numbers_and_records(tmp_path, capsys):
+    out = tmp_path / "p.jsonl"
+    code = main(["predict", "--arch", "hybrid", "--preset", "tiny", "--frames", "64", "--gpu", "rtx-4090",
+                 "--gpu-memory", "1600MiB", "--new-tokens", "2", "--output", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "predicted peak allocated" in text and "predicted max frames" in text
+    record = json.loads(out.read_text())
+    m = record["metrics"]
+    assert record["kind"] == "prediction" and m["predicted"] is True
+    assert m["gpu"]["memory_bytes"] == 1600 * 2**20 and m["gpu"]["bandwidth_bytes_s"] == 1.008e12
+    assert m["fits"] == (m["predicted_peak_mem_bytes"] <= m["budget_bytes"])
+    mf = m["max_frames"]
+    assert mf["predicted_first_oom_frames"] == mf["predicted_max_frames"] + 1 or \
+        mf["predicted_first_oom_frames"] - mf["predicted_max_frames"] <= mf["predicted_max_frames"] / 32
+    for probe in mf["probes"]:
+        assert (probe["predicted_status"] == "ok") == (probe["frames"] <= mf["predicted_max_frames"])
+    assert m["predicted_roofline"]["prefill_s_lower_bound"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--gpu", "nope"], "unknown GPU"),
+    (["--gpu-memory", "lots"], "malformed memory size"),
+    (["--device", "cpu"], "needs --memory-budget"),
+    (["--mamba-kernels", "fast"], "unknown --mamba-kernels"),
+    (["--gpu", "custom"], "--gpu custom needs"),
+])
+def test_predict_bad_input_is_one_line_exit_2(argv, message, capsys):
+    code = main(["predict", "--arch", "hybrid", "--preset", "tiny", "--no-max-frames", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cpu_prediction_against_a_budget(capsys):
+    code = main(["predict", "--arch", "transformer", "--preset", "tiny", "--device", "cpu", "--frames", "16",
+                 "--memory-budget", "16MiB", "--new-tokens", "2", "--json"])
+    record = json.loads(capsys.readouterr().out)
+    assert code == 0 and record["spec"]["device"] == "cpu"
+    assert record["metrics"]["budget_bytes"] == 16 * 2**20 and "gpu" not in record["metrics"]
