@@ -326,7 +326,8 @@ def cmd_eval(args) -> int:
         if not getattr(task, "generates_data", False):
             raise UserError(f"eval --task {spec.task} needs --data DIR (the dataset in its official layout)")
         data = task.default_data(spec.seed)
-    record = evaluate(spec, data, judge=args.judge, subtitles=args.subtitles, limit=args.limit,
+    label = None if args.data else f"{spec.task} generated from seed {spec.seed}"
+    record = evaluate(spec, data, data_label=label, judge=args.judge, subtitles=args.subtitles, limit=args.limit,
                       fps=args.fps, fidelity=args.fidelity, log=args.log, output=args.output)
     print(json.dumps(record["task"]))
     return 0

@@ -121,7 +121,7 @@ def _video_llm_doc(bb, compressor, reference, frames, prompt: str, max_new: int,
 
 def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitles: bool = False,
              limit: int | None = None, fps: float | None = None, fidelity: bool = False,
-             log: str | None = None, output: str | None = None) -> dict:
+             log: str | None = None, output: str | None = None, data_label: str | None = None) -> dict:
     from architectures.tokenizer import tokenizer_for
     from bench.runner import build_model
     from compressors.base import make_compressor
@@ -183,7 +183,7 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
                    ("decode_video_s", "vision_s", "prefill_s", "decode_s")} if timings else {}
     record = make_record(spec.to_dict(), environment(spec.device), metrics=run_metrics, kind="eval",
                          task={"name": task.name, "metrics": metrics, "n": metrics.get("n", 0),
-                               "n_total": len(docs), "data": str(data_dir), "tokenizer": tok.name,
+                               "n_total": len(docs), "data": data_label or str(data_dir), "tokenizer": tok.name,
                                "sampling": f"{fps} fps, at most {spec.frames} frames" if fps
                                else f"{spec.frames} frames, uniform"})
     if output:

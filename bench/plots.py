@@ -442,9 +442,14 @@ def niah_figure(records: list[dict]) -> Figure:
     panels = [(r, c) for r, c in panels if c]
     if not panels:
         raise UserError("nothing to plot: no record has V-NIAH cells (eval --task vniah)")
-    fig = Figure(figsize=(3.2 * len(panels) + 1.0, 3.4))
+    cols = min(5, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(3.0 * cols + 1.0, 3.2 * rows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    grid_axes = fig.subplots(rows, cols, squeeze=False)
+    axes = list(grid_axes.flat)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     image = None
     for ax, (record, cells) in zip(axes, panels):
         lengths = sorted({length for length, _ in cells})
@@ -460,10 +465,11 @@ def niah_figure(records: list[dict]) -> Figure:
         ax.set_xlabel("haystack length (frames)")
         spec = record.get("spec", {})
         accuracy = record.get("task", {}).get("metrics", {}).get("accuracy")
-        ax.set_title(f"{spec.get('arch')} · {spec.get('compressor')}\n"
-                     f"accuracy {accuracy:.1f}%" if accuracy is not None else str(spec.get("arch")), fontsize=8)
-    axes[0].set_ylabel("needle depth")
-    fig.colorbar(image, ax=list(axes), label="accuracy (%)", shrink=0.9)
+        title = f"{spec.get('arch')}\n{spec.get('compressor')}"
+        ax.set_title(title + (f"\naccuracy {accuracy:.1f}%" if accuracy is not None else ""), fontsize=8)
+    for row in grid_axes:
+        row[0].set_ylabel("needle depth")
+    fig.colorbar(image, ax=axes[:len(panels)], label="accuracy (%)", shrink=0.8)
     return fig
 
 

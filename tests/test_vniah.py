@@ -108,3 +108,24 @@ def test_niah_heatmap(tmp_path):
     assert (tmp_path / "niah.png").stat().st_size > 1000 and out.endswith("niah.png")
     with pytest.raises(UserError, match="no record has V-NIAH cells"):
         plot_niah([{"spec": {}, "task": {"metrics": {"accuracy": 1.0}}}], str(tmp_path / "x.png"))
+
+
+CHECKPOINT = "results/checkpoints/vniah-hybrid-tiny-transv"  # committed: trained by the README's commands
+
+
+@pytest.mark.parametrize("compressor", ["none", "transv:schedule=uni_2_0.9"])
+def test_trained_checkpoint_finds_the_needle_well_above_chance(tmp_path, compressor, capsys):
+    from pathlib import Path
+
+    from bench.cli import main
+
+    root = Path(__file__).resolve().parent.parent
+    data = generate(tmp_path / "eval", Config(lengths=(8, 16), depths=(0.0, 0.5, 1.0), per_cell=2, seed=11))
+    out = tmp_path / "acc.jsonl"
+    assert main(["eval", "--task", "vniah", "--data", str(data), "--checkpoint", str(root / CHECKPOINT),
+                 "--arch", "hybrid", "--tokens-per-frame", "4", "--fps", "1", "--frames", "16",
+                 "--compressor", compressor, "--output", str(out)]) == 0
+    capsys.readouterr()
+    metrics = json.loads(out.read_text())["task"]["metrics"]
+    assert metrics["n"] == 12
+    assert metrics["accuracy"] >= 75.0  # chance is 25%: a clear margin
