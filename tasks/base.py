@@ -40,3 +40,23 @@ def read_parquet(path, columns, what: str) -> list[dict]:
     if missing:
         raise UserError(f"{what} annotations {path} lack column(s): {', '.join(missing)}")
     return table.to_pylist()
+
+
+def letter_score(doc: Doc, parsed: str | None) -> dict:
+    """``{"correct": 1.0}`` when the parsed letter is the gold one, else 0.0 (no letter counts as wrong)."""
+    return {"correct": float(parsed is not None and parsed == doc.target)}
+
+
+def accuracy_metrics(docs: list[Doc], scores: list[dict | None], groups) -> dict:
+    """Accuracy in percent overall (``accuracy``) and per group (``groups(doc)``: the metric names a document
+    counts in, e.g. ``accuracy/duration/short``); ``n`` documents scored, ``n_total``. None scores are left
+    out; an empty group scores 0, as in lmms-eval."""
+    values: dict[str, list[float]] = {"accuracy": []}
+    for doc, s in zip(docs, scores):
+        if s is None:
+            continue
+        for key in ("accuracy", *groups(doc)):
+            values.setdefault(key, []).append(s["correct"])
+    metrics = {name: 100.0 * sum(v) / len(v) if v else 0.0 for name, v in sorted(values.items())}
+    metrics["n"], metrics["n_total"] = len(values["accuracy"]), len(docs)
+    return metrics

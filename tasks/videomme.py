@@ -38,7 +38,7 @@ from pathlib import Path
 
 from bench.errors import UserError
 from tasks import register_task
-from tasks.base import ACCURACY, Doc, read_parquet
+from tasks.base import ACCURACY, Doc, accuracy_metrics, letter_score, read_parquet
 
 PARQUET = "videomme/test-00000-of-00001.parquet"
 CHOICES = "ABCD"
@@ -199,7 +199,7 @@ class VideoMME:
 
     def score(self, doc: Doc, parsed: str | None) -> dict:
         """``{"correct": 1.0}`` when the letter matches the gold answer, else 0.0 (no letter counts as wrong)."""
-        return {"correct": float(parsed is not None and parsed == doc.target)}
+        return letter_score(doc, parsed)
 
     def aggregate(self, docs: list[Doc], scores: list[dict | None]) -> dict:
         """Accuracy in percent overall and per duration, domain and task type; None scores are left out.
@@ -207,14 +207,4 @@ class VideoMME:
         Keys: ``accuracy``, ``accuracy/<split>/<value>``, ``n`` (documents scored), ``n_total``.
         An empty group scores 0, as in lmms-eval.
         """
-        groups: dict[str, list[float]] = {"accuracy": []}
-        for doc, s in zip(docs, scores):
-            if s is None:
-                continue
-            groups["accuracy"].append(s["correct"])
-            for key in SPLITS:
-                groups.setdefault(f"accuracy/{key}/{doc.fields[key]}", []).append(s["correct"])
-        metrics = {name: 100.0 * sum(v) / len(v) if v else 0.0 for name, v in sorted(groups.items())}
-        metrics["n"] = len(groups["accuracy"])
-        metrics["n_total"] = len(docs)
-        return metrics
+        return accuracy_metrics(docs, scores, lambda doc: [f"accuracy/{key}/{doc.fields[key]}" for key in SPLITS])

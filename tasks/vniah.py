@@ -32,7 +32,7 @@ import numpy as np
 
 from bench.errors import UserError
 from tasks import register_task
-from tasks.base import ACCURACY, Doc
+from tasks.base import ACCURACY, Doc, accuracy_metrics, letter_score
 
 COLOURS = {"red": (225, 35, 35), "green": (35, 195, 60), "blue": (45, 85, 240), "yellow": (235, 215, 35)}
 LETTERS = "ABCD"
@@ -233,21 +233,14 @@ class VNIAH:
         return extract_letter(output)
 
     def score(self, doc: Doc, parsed: str | None) -> dict:
-        return {"correct": float(parsed is not None and parsed == doc.target)}
+        return letter_score(doc, parsed)
 
     def aggregate(self, docs: list[Doc], scores: list[dict | None]) -> dict:
-        groups: dict[str, list[float]] = {"accuracy": []}
-        for doc, s in zip(docs, scores):
-            if s is None:
-                continue
+        def groups(doc: Doc) -> list[str]:
             length, depth = doc.fields["length"], doc.fields["depth"]
-            for key in ("accuracy", f"accuracy/length/{length}", f"accuracy/depth/{depth:g}",
-                        f"accuracy/cell/{length}/{depth:g}"):
-                groups.setdefault(key, []).append(s["correct"])
-        metrics = {k: 100.0 * sum(v) / len(v) if v else 0.0 for k, v in sorted(groups.items())}
-        metrics["chance"] = 100.0 / len(LETTERS)
-        metrics["n"], metrics["n_total"] = len(groups["accuracy"]), len(docs)
-        return metrics
+            return [f"accuracy/length/{length}", f"accuracy/depth/{depth:g}", f"accuracy/cell/{length}/{depth:g}"]
+
+        return {**accuracy_metrics(docs, scores, groups), "chance": 100.0 / len(LETTERS)}
 
 
 def _floats(text: str) -> tuple[float, ...]:

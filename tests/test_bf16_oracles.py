@@ -16,7 +16,7 @@ import torch
 
 from architectures import ARCHITECTURES
 from bench.pipeline import decode_step, prefill
-from test_compressors import SPAN, Replay, compressor, inputs, mid_layer
+from test_compressors import SPAN, cached_and_fresh, compressor, inputs, mid_layer
 
 ARCHS = ["transformer", "mamba", "hybrid"]
 CHUNKED_TOL, DECODE_TOL = 0.02, 0.03
@@ -65,17 +65,8 @@ def test_bf16_chunked_prefill_equals_one_shot(arch):
 def test_bf16_decode_after_drop_equals_recompute(arch):
     bb = bf16(arch)
     comp = compressor(bb, f"td:schedule=uni_1_0.5-attn_{mid_layer(bb)}_0.5")
-    emb = inputs(bb).to(torch.bfloat16)
-    logits, seq = prefill(bb, emb, compressor=comp, vision=SPAN)
-    tokens, cached = [], [logits]
-    for _ in range(3):
-        tokens.append(cached[-1].argmax(-1, keepdim=True))
-        cached.append(decode_step(bb, tokens[-1], seq))
-    for step in range(1, 4):
-        extended = torch.cat([emb, bb.embed(torch.cat(tokens[:step], dim=1))], dim=1)
-        fresh, fresh_seq = prefill(bb, extended, compressor=Replay(comp), vision=SPAN)
-        assert_within(cached[step], fresh, DECODE_TOL)
-        assert fresh_seq.length == seq.length - (3 - step)
+    for cached, fresh in cached_and_fresh(bb, comp, inputs(bb).to(torch.bfloat16)):
+        assert_within(cached, fresh, DECODE_TOL)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -80,17 +80,25 @@ def test_no_op_compressors_are_bit_exact(arch, spec, chunk):
 def test_cached_decode_after_drop_equals_fresh_forward(arch, spec):
     bb = backbone(arch)
     comp = compressor(bb, spec.replace("MID", str(mid_layer(bb))))
-    emb = inputs(bb)
+    for cached, fresh in cached_and_fresh(bb, comp, inputs(bb)):
+        torch.testing.assert_close(cached, fresh, atol=2e-5, rtol=1e-4)
+
+
+def cached_and_fresh(bb, comp, emb, steps: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(cached, fresh) logits per decode step after a drop: decoding through the shortened cache, and a
+    fresh prefill of the prompt plus the tokens so far that drops the very same tokens."""
     logits, seq = prefill(bb, emb, compressor=comp, vision=SPAN)
     tokens, cached = [], [logits]
-    for _ in range(3):
+    for _ in range(steps):
         tokens.append(cached[-1].argmax(-1, keepdim=True))
         cached.append(decode_step(bb, tokens[-1], seq))
-    for step in range(1, 4):
+    pairs = []
+    for step in range(1, steps + 1):
         extended = torch.cat([emb, bb.embed(torch.cat(tokens[:step], dim=1))], dim=1)
         fresh, fresh_seq = prefill(bb, extended, compressor=Replay(comp), vision=SPAN)
-        torch.testing.assert_close(cached[step], fresh, atol=2e-5, rtol=1e-4)
-        assert fresh_seq.length == seq.length - (3 - step)
+        assert fresh_seq.length == seq.length - (steps - step)
+        pairs.append((cached[step], fresh))
+    return pairs
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -129,3 +129,15 @@ def test_trained_checkpoint_finds_the_needle_well_above_chance(tmp_path, compres
     metrics = json.loads(out.read_text())["task"]["metrics"]
     assert metrics["n"] == 12
     assert metrics["accuracy"] >= 75.0  # chance is 25%: a clear margin
+
+
+def test_runs_on_a_real_video_llm_family(data, tmp_path, capsys):
+    """The same task through a family's own processor and chat template (random weights: only the plumbing)."""
+    from bench.cli import main
+
+    out = tmp_path / "acc.jsonl"
+    assert main(["eval", "--task", "vniah", "--data", str(data), "--arch", "llava_onevision", "--preset", "tiny",
+                 "--fps", "1", "--frames", "8", "--limit", "2", "--output", str(out)]) == 0
+    capsys.readouterr()
+    record = json.loads(out.read_text())
+    assert record["status"] == "ok" and record["task"]["metrics"]["n"] == 2
