@@ -103,6 +103,7 @@ def test_chunked_prefill_equals_one_shot(arch, loaded):
 from architectures.tokens import TokenState  # noqa: E402
 from compressors.base import make_compressor  # noqa: E402
 from compressors.dropping import Dropper, TokenDropping  # noqa: E402
+from test_compressors import Replay  # noqa: E402  (drops exactly what another dropper kept)
 
 LLM_SPECS = ["uniform:layer=0,p=0.5", "uniform:layer=2,p=0.5", "attention:layer=1,p=0.5", "fastv:layer=2,p=0.5",
              "td:schedule=uni_1_0.5-attn_2_0.5", "transv:schedule=uni_1_0.5-attn_2_0.5", "evs:p=0.5"]
@@ -117,17 +118,6 @@ def ready(bb, spec):
     return comp
 
 
-class Replay(TokenDropping):
-    """Drops exactly the vision tokens another dropper kept (a fixed selection for fresh recomputes)."""
-
-    name = "replay"
-
-    def __init__(self, source):
-        super().__init__()
-        self._plan, self.source = source.plan(), source
-
-    def select(self, stage, state, backbone, n, kept):
-        return self.source.kept_indices[stage.layer]
 
 
 def extended(bb, state: TokenState, tokens: torch.Tensor, next_position: int) -> TokenState:
