@@ -24,6 +24,23 @@ from bench.errors import UserError
 ATTENTION, MAMBA, MLP = "attention", "mamba", "mlp"
 
 
+def read_checkpoint_config(checkpoint: str) -> dict:
+    """A checkpoint directory's config.json as a dict; a one-line UserError for any fault."""
+    path = Path(checkpoint)
+    if not path.is_dir():
+        raise UserError(f"checkpoint directory not found: {checkpoint}")
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise UserError(f"checkpoint {checkpoint} has no config.json")
+    try:
+        raw = json.loads(cfg.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"checkpoint {checkpoint}: unreadable config.json ({exc})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"checkpoint {checkpoint}: config.json is not a JSON object")
+    return raw
+
+
 @dataclass
 class LayerInput:
     """What one call of a layer needs besides the hidden states, shared by all layers of a chunk.
@@ -101,19 +118,7 @@ class Backbone:
 
     @classmethod
     def check_checkpoint(cls, checkpoint: str):
-        path = Path(checkpoint)
-        cfg_file = path / "config.json"
-        if not path.is_dir():
-            raise UserError(f"checkpoint directory not found: {checkpoint}")
-        if not cfg_file.is_file():
-            raise UserError(f"checkpoint {checkpoint} has no config.json")
-        try:
-            raw = json.loads(cfg_file.read_text())
-        except (OSError, ValueError) as exc:
-            raise UserError(f"checkpoint {checkpoint}: unreadable config.json ({exc})") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"checkpoint {checkpoint}: config.json is not a JSON object")
-        model_type = raw.get("model_type")
+        model_type = read_checkpoint_config(checkpoint).get("model_type")
         if model_type != cls.family:
             raise UserError(f"checkpoint {checkpoint} is a {model_type!r} model; {cls.name} needs {cls.family!r}")
         return cls._with_attention(cls.config_class.from_pretrained(checkpoint, local_files_only=True))

@@ -56,6 +56,7 @@ class Router:
         self.kernel = None if bound is self.torch_fn else bound
         self.package = binding.get("package", bound.__module__.split(".")[0]) if self.kernel else None
         self._accepts = _accepted(self.torch_fn)
+        self._kernel_accepts = _accepted(self.kernel) if self.kernel else None
 
     def path_for(self, device_type: str) -> str:
         if self.kernel is None:
@@ -68,7 +69,7 @@ class Router:
         first = next((a for a in args if hasattr(a, "device")), None)
         if self.path_for(first.device.type if first is not None else "cpu") == "kernel":
             calls[(self.op, self.package)] += 1
-            return self.kernel(*args, **_only(kwargs, _accepted(self.kernel)))
+            return self.kernel(*args, **_only(kwargs, self._kernel_accepts))
         calls[(self.op, "torch")] += 1
         return self.torch_fn(*args, **_only(kwargs, self._accepts))
 

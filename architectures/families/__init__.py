@@ -23,25 +23,11 @@ TOKENIZER = ("tokenizer.json", "tokenizer.model", "vocab.json")
 PROCESSOR = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
 
 
-def read_config(checkpoint: str) -> dict:
-    path = Path(checkpoint)
-    if not path.is_dir():
-        raise UserError(f"checkpoint directory not found: {checkpoint}")
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        raise UserError(f"checkpoint {checkpoint} has no config.json")
-    try:
-        raw = json.loads(cfg.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"checkpoint {checkpoint}: unreadable config.json ({exc})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"checkpoint {checkpoint}: config.json is not a JSON object")
-    return raw
-
-
 def detect(checkpoint: str) -> str:
     """The architecture name for a checkpoint directory (its config.json ``model_type``)."""
-    raw = read_config(checkpoint)
+    from architectures.base import read_checkpoint_config
+
+    raw = read_checkpoint_config(checkpoint)
     if raw.get("auto_map"):
         raise UserError(f"checkpoint {checkpoint} needs remote code (config.json has auto_map); refused: "
                         "viperbench runs only the library's own classes and never executes checkpoint code")
@@ -57,7 +43,9 @@ def detect(checkpoint: str) -> str:
 
 def check_checkpoint_dir(checkpoint: str) -> dict:
     """config.json, weights, tokenizer, processor and chat template present; no remote code."""
-    raw = read_config(checkpoint)
+    from architectures.base import read_checkpoint_config
+
+    raw = read_checkpoint_config(checkpoint)
     detect(checkpoint)
     path = Path(checkpoint)
 
