@@ -19,16 +19,23 @@ _KIND = {"M": MAMBA, "*": ATTENTION, "-": MLP}
 
 
 def timeviper_layout(depth: int) -> str:
-    """The paper layout scaled to ``depth`` blocks.
+    """The paper layout scaled to ``depth`` blocks, keeping its proportions.
 
-    At 56 blocks this is the published layout. Otherwise attention sits at the paper's
-    indices (14, 21, 30, 39 of 56) scaled to the depth, and the other blocks alternate
-    Mamba-2 and MLP starting with Mamba-2, as the published layout does almost everywhere.
+    At 56 blocks this is the published layout. Otherwise the number of attention blocks is
+    the paper's share (4 of 56, about 7%) of ``depth``, at least one, rounded half up; they
+    are the paper's deepest attention blocks (39, then 30, 21, 14 of 56) at their indices
+    scaled to the depth, so a scaled TD/TransV schedule (``attn_39`` -> ``attn_10`` at 14
+    blocks) still lands on attention. The other blocks alternate Mamba-2 and MLP starting
+    with Mamba-2, as the published layout does almost everywhere. Scaled indices are at
+    least two apart from 21 blocks on (the first depth with two attention blocks), so no
+    two attention blocks are adjacent, as in the paper.
     """
     n = len(PAPER_LAYOUT)
     if depth == n:
         return PAPER_LAYOUT
-    attn = {int(i * depth / n + 0.5) for i, c in enumerate(PAPER_LAYOUT) if c == "*"}
+    paper_attn = [i for i, c in enumerate(PAPER_LAYOUT) if c == "*"]
+    count = max(1, int(len(paper_attn) * depth / n + 0.5))
+    attn = {min(depth - 1, int(i * depth / n + 0.5)) for i in paper_attn[-count:]}
     out, others = [], 0
     for k in range(depth):
         if k in attn:
@@ -51,6 +58,9 @@ class Hybrid(Backbone):
     family = "nemotron_h"
     config_class = NemotronHConfig
     model_class = NemotronHForCausalLM
+    # tiny/small: the paper's depth over 4 (14 blocks, 1 attention block at 10, the paper's 39),
+    # so the KV cache is 1/9 of the Transformer's (9 layers, the same KV heads and head dim),
+    # as Nemotron-Nano-9B-v2's 4 attention blocks are to Qwen3-8B's 36 layers.
     presets = {
         "tiny": dict(vocab_size=512, hidden_size=64, hybrid_override_pattern=timeviper_layout(14),
                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=192,

@@ -24,7 +24,8 @@ class Transformer(Backbone):
     family = "qwen3"
     config_class = Qwen3Config
     model_class = Qwen3ForCausalLM
-    # Depth ratio to the hybrid follows the paper's pair (36 attention layers vs 4 of 56 blocks).
+    # tiny/small: Qwen3-8B's depth over 4 (9 layers), with the hybrid's KV heads and head dim, so the
+    # KV cache is 9x the hybrid's (1 attention block of 14), as 36 layers are to 4 of 56 blocks.
     presets = {
         "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=192, num_hidden_layers=9,
                      num_attention_heads=4, max_position_embeddings=1 << 20, **_ATTN),

@@ -263,9 +263,10 @@ def cmd_maxframes(args) -> int:
         from bench.spec import check_runnable
 
         check_runnable(spec)  # a CUDA cell needs CUDA before anything is predicted for it
-        estimate, predicted, predictor = estimate_for_search(spec, limit=args.limit, precision=args.precision)
-        print(f"  predicted max frames {estimate} in {predicted['predict_s']:.1f} s; one real probe at half of it "
-              "calibrates the prediction, then a few confirm", file=sys.stderr)
+        estimate, predicted, predictor = estimate_for_search(spec, limit=args.limit)
+        print(f"  predicted max frames about {estimate} ({predicted['predictions']} predictions, "
+              f"{predicted['predict_s']:.1f} s); one real probe at half of it calibrates the prediction, "
+              "then a few confirm", file=sys.stderr)
         record = search(spec, limit=args.limit, precision=args.precision, on_probe=show, estimate=estimate,
                         calibrate=predictor.calibrate)
         record["metrics"]["predicted_first"] = predicted

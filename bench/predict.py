@@ -74,6 +74,13 @@ class Predictor:
             return f1
         return max(1, int(f1 + (budget - p1) / slope))
 
+    def coarse_estimate(self, frames: int, limit: int = 1 << 20) -> int:
+        """Max frames from two line fits: through ``frames`` and half of it, then through that first
+        estimate and half of it, where the peak is measured near the answer. Four predictions; a search
+        that calibrates on a real probe and confirms around it needs no finer estimate."""
+        first = min(self.linear_estimate(frames), limit)
+        return min(self.linear_estimate(first), limit)
+
     def calibrate(self, probe: dict) -> int:
         """A new estimate after a real probe that fit: the predictions rescaled by measured / predicted there
         (on CPU a probe measures resident memory, which holds more than torch's allocations)."""
@@ -277,9 +284,10 @@ def summary(record: dict) -> str:
     return "\n".join(lines)
 
 
-def estimate_for_search(spec, *, limit: int = 1 << 20, precision: float = 1 / 32) -> tuple[int, dict, Predictor]:
-    """The predicted max frames that ``maxframes --predict-first`` starts from, how it was obtained, and the
-    predictor (its ``calibrate`` rescales the estimate after the first real probe).
+def estimate_for_search(spec, *, limit: int = 1 << 20) -> tuple[int, dict, Predictor]:
+    """The predicted max frames that ``maxframes --predict-first`` starts from (``coarse_estimate``: four
+    predictions, not a search on predictions), how it was obtained, and the predictor (its ``calibrate``
+    rescales the estimate after the first real probe).
 
     On CPU the prediction is torch's allocated bytes against ``--memory-budget``; the real probes measure
     resident memory, a little more, which the confirming probes absorb. On CUDA the budget is
@@ -298,7 +306,7 @@ def estimate_for_search(spec, *, limit: int = 1 << 20, precision: float = 1 / 32
         budget = spec.memory_budget or budget_bytes(GPU("local", total, 1.0, 1.0), DEFAULT_CONTEXT_MARGIN,
                                                      DEFAULT_ALLOCATOR_MARGIN)
     predictor = Predictor(spec, target=target, mamba="mamba-ssm", budget=budget)
-    found = predicted_max_frames(predictor, limit=limit, precision=precision)
-    info = {"predicted_max_frames": found["predicted_max_frames"], "predictions": found["predictions"],
+    estimate = predictor.coarse_estimate(spec.frames, limit)
+    info = {"predicted_max_frames": estimate, "predictions": len(predictor.results),
             "target": target, "budget_bytes": budget, "predict_s": time.perf_counter() - t0}
-    return max(1, found["predicted_max_frames"]), info, predictor
+    return max(1, estimate), info, predictor

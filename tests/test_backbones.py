@@ -275,27 +275,49 @@ def test_paper_preset_config_layout():
     assert kinds == [expected[c] for c in PAPER_LAYOUT]
 
 
-@pytest.mark.parametrize("depth", [14, 28])
-def test_scaled_layout(depth):
+@pytest.mark.parametrize("depth", [14, 21, 28, 42])
+def test_scaled_layout_keeps_the_papers_proportions(depth):
     layout = timeviper_layout(depth)
     assert len(layout) == depth
-    # "round" here is round-half-up (int(x + 0.5)); Python's round() would differ at depth 28 (10.5)
-    expected = sorted({int(i * depth / 56 + 0.5) for i in PAPER_ATTENTION})
-    assert len(expected) == 4
-    assert _attention_at(layout) == expected
+    attn = _attention_at(layout)
+    # the paper's share of attention blocks (4 of 56), rounded half up: 1, 2, 2, 3
+    assert len(attn) == {14: 1, 21: 2, 28: 2, 42: 3}[depth]
+    assert abs(len(attn) / depth - 4 / 56) < 0.025
+    # the paper's deepest attention blocks at scaled indices (round half up), never adjacent
+    assert attn == sorted(int(i * depth / 56 + 0.5) for i in PAPER_ATTENTION[-len(attn):])
+    assert all(b - a > 1 for a, b in zip(attn, attn[1:]))
     assert set(layout) == {"M", "-", "*"}
     others = [c for c in layout if c != "*"]
     assert others == ["M-"[k % 2] for k in range(len(others))]
+
+
+def test_every_depth_has_attention_and_no_adjacent_attention_blocks():
+    for depth in range(1, 57):
+        attn = _attention_at(timeviper_layout(depth))
+        assert len(timeviper_layout(depth)) == depth and attn, depth
+        assert all(b - a > 1 for a, b in zip(attn, attn[1:])), depth
 
 
 def test_tiny_hybrid_layer_kinds():
     bb = _BUILT.get("hybrid") or ARCHITECTURES.get("hybrid").build("tiny")
     kinds = bb.layer_kinds()
     assert len(kinds) == bb.num_layers == 14
-    assert kinds.count(ATTENTION) == 4
-    assert kinds.count(MAMBA) == 5
-    assert kinds.count(MLP) == 5
-    assert bb.attention_layers() == _attention_at(timeviper_layout(14)) == [4, 5, 8, 10]
+    assert kinds.count(ATTENTION) == 1
+    assert kinds.count(MAMBA) == 7
+    assert kinds.count(MLP) == 6
+    # the paper's attn_39 scaled to 14 blocks is layer 10: scaled schedules land on attention
+    assert bb.attention_layers() == [10]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "paper"])
+def test_hybrid_kv_cache_is_a_ninth_of_the_transformers(preset):
+    """Per token, the Transformer's KV cache is 9x the hybrid's at every preset, as in the paper."""
+    def kv_per_token(arch):
+        config = ARCHITECTURES.get(arch).make_config(preset)
+        kinds = getattr(config, "layers_block_type", None) or ["full_attention"] * config.num_hidden_layers
+        return kinds.count("full_attention") * 2 * config.num_key_value_heads * config.head_dim
+
+    assert kv_per_token("transformer") == 9 * kv_per_token("hybrid")
 
 
 def test_tiny_pure_layer_kinds():

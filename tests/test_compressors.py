@@ -157,12 +157,17 @@ def test_transv_with_open_gates_changes_only_tokens_after_the_span(arch):
 
 
 def test_transv_nearest_attn_init_copies_the_nearest_attention_layer():
-    bb = backbone("hybrid")  # attention blocks at 4, 5, 8, 10
-    comp = compressor(bb, "transv:schedule=uni_2_0.5-attn_7_0.5")
-    assert bb.attention_layers() == [4, 5, 8, 10]
-    assert torch.equal(comp.cross["2"].q_proj.weight, bb.layers[4].mixer.q_proj.weight)
-    assert torch.equal(comp.cross["7"].o_proj.weight, bb.layers[8].mixer.o_proj.weight)
-    assert float(comp.cross["7"].alpha) == 0.0
+    from architectures.hybrid import timeviper_layout
+
+    hybrid = ARCHITECTURES.get("hybrid")
+    bb = hybrid(hybrid.model_class._from_config(  # the paper's proportions at 42 blocks
+        hybrid.make_config("tiny", hybrid_override_pattern=timeviper_layout(42))))
+    comp = compressor(bb, "transv:schedule=uni_2_0.5-attn_21_0.5-uni_30_0.5")
+    assert bb.attention_layers() == [16, 23, 29]
+    assert torch.equal(comp.cross["2"].q_proj.weight, bb.layers[16].mixer.q_proj.weight)
+    assert torch.equal(comp.cross["21"].o_proj.weight, bb.layers[23].mixer.o_proj.weight)
+    assert torch.equal(comp.cross["30"].k_proj.weight, bb.layers[29].mixer.k_proj.weight)
+    assert float(comp.cross["21"].alpha) == 0.0
 
 
 # --- selection and accounting ------------------------------------------------------------------

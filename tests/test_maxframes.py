@@ -100,6 +100,14 @@ def test_coarser_precision_needs_fewer_probes(probes):
     assert len(coarse.frames) < len(fine.frames)
 
 
+def test_predict_first_probes_half_the_estimate_calibrates_then_confirms(probes):
+    """--predict-first: a real probe at half the (wrong) estimate recalibrates it; two probes confirm."""
+    fake = probes(threshold=1000)
+    m = search(spec(), estimate=1300, calibrate=lambda probe: 1000)["metrics"]
+    assert fake.frames == [650, 1000, 1031]
+    assert (m["max_frames"], m["first_oom_frames"]) == (1000, 1031)
+
+
 def test_limit_reached_without_oom(probes):
     fake = probes(threshold=10**9)
     record = search(spec(), start=16, limit=64)

@@ -170,3 +170,19 @@ def test_cpu_prediction_against_a_budget(capsys):
     record = json.loads(capsys.readouterr().out)
     assert code == 0 and record["spec"]["device"] == "cpu"
     assert record["metrics"]["budget_bytes"] == 16 * 2**20 and "gpu" not in record["metrics"]
+
+
+def test_coarse_estimate_and_calibration_on_a_linear_peak():
+    """maxframes --predict-first starts from four predictions (two line fits), then rescales the line by a
+    real probe's measured over predicted peak."""
+    from bench.predict import Predictor
+
+    class Linear(Predictor):
+        def __call__(self, frames):
+            return self.results.setdefault(frames, {"peak_bytes": 5_000_000 + 20_000 * frames})
+
+    p = Linear(None, target="cpu", mamba="torch", budget=45_000_000)
+    assert p.coarse_estimate(16) == 2000 and sorted(p.results) == [8, 16, 1000, 2000]
+    assert Linear(None, target="cpu", mamba="torch", budget=45_000_000).coarse_estimate(16, limit=500) == 500
+    # measured 1.25x the prediction at 1000 frames: the budget shrinks to 36 MB of predicted peak
+    assert p.calibrate({"frames": 1000, "peak_mem_bytes": 31_250_000}) == 1550
