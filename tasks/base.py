@@ -42,11 +42,6 @@ def read_parquet(path, columns, what: str) -> list[dict]:
     return table.to_pylist()
 
 
-def letter_score(doc: Doc, parsed: str | None) -> dict:
-    """``{"correct": 1.0}`` when the parsed letter is the gold one, else 0.0 (no letter counts as wrong)."""
-    return {"correct": float(parsed is not None and parsed == doc.target)}
-
-
 def accuracy_metrics(docs: list[Doc], scores: list[dict | None], groups) -> dict:
     """Accuracy in percent overall (``accuracy``) and per group (``groups(doc)``: the metric names a document
     counts in, e.g. ``accuracy/duration/short``); ``n`` documents scored, ``n_total``. None scores are left

@@ -38,10 +38,10 @@ from pathlib import Path
 
 from bench.errors import UserError
 from tasks import register_task
-from tasks.base import ACCURACY, Doc, accuracy_metrics, letter_score, read_parquet
+from tasks.base import ACCURACY, Doc, read_parquet
+from tasks.letters import LetterTask
 
 PARQUET = "videomme/test-00000-of-00001.parquet"
-CHOICES = "ABCD"
 
 PREAMBLE = ("Select the best answer to the following multiple-choice question based on the video and the "
             "subtitles. Respond with only the letter (A, B, C, or D) of the correct option.")
@@ -75,66 +75,6 @@ def build_prompt(question: str, options: list[str], subtitles: str | None = None
     return SUBTITLE_INTRO + subtitles + "\n" + body + "\n" + SUBTITLE_POST_PROMPT
 
 
-_PHRASES = (
-    "the answer is", "answer is", "the correct answer is", "correct answer is", "the best answer is",
-    "best answer is", "the correct option is", "correct option is", "the best option is", "best option is",
-    "the choice is", "choice is", "the correct choice is", "correct choice is", "i choose", "i select",
-    "i pick", "my answer is", "my choice is",
-)
-# Format name -> (priority, pattern for one letter; the letter must not touch other letters).
-_FORMATS = {
-    "parentheses": (6, r"\(({})\)"),
-    "period": (5, r"(?<![A-Za-z])({})\."),
-    "colon": (4, r"(?<![A-Za-z])({}):"),
-    "right_paren": (3, r"(?<![A-Za-z(])({})\)"),
-    "space": (2, r"(?<![A-Za-z])({})\s"),
-}
-_PHRASE_PRIORITY, _START_PRIORITY, _END_PRIORITY = 7, 10, 9
-_LONE = r"(?<![A-Za-z])({})(?![A-Za-z])"
-_BARE_LOWER = re.compile(r"^\W*([{}])\W*$".format(CHOICES.lower()))
-
-
-def extract_letter(output: str, choices: str = CHOICES) -> str | None:
-    """The option letter a model output names, or None.
-
-    Candidates are collected in several formats and the highest-priority one wins, the later
-    one within a format: leading letter (10), trailing letter (9), first letter after an
-    answer phrase such as "the answer is" (7), "(A)" (6), "A." (5), "A:" (4), "A)" (3),
-    "A " (2); only when none of these occur, the last stand-alone letter anywhere.
-    """
-    if not output or not output.strip():
-        return None
-    bare = _BARE_LOWER.match(output.strip())
-    if bare:
-        return bare.group(1).upper()
-    text = output.strip().strip(",.!?;:'\"")
-    padded = " " + text + " "
-    letters = "[" + choices + "]"
-    candidates: list[tuple[int, int, str]] = []
-    for priority, pattern in _FORMATS.values():
-        for m in re.finditer(pattern.format(letters), padded):
-            candidates.append((priority, m.start(1), m.group(1)))
-    lower = padded.lower()
-    for phrase in _PHRASES:
-        idx = lower.find(phrase)
-        if idx != -1:
-            m = re.compile(_LONE.format(letters)).search(padded, idx + len(phrase))
-            if m:
-                candidates.append((_PHRASE_PRIORITY, m.start(1), m.group(1)))
-    lone = re.compile(_LONE.format(letters))
-    first = lone.match(text)
-    if first:
-        candidates.append((_START_PRIORITY, 0, first.group(1)))
-    last = re.search(_LONE.format(letters) + r"$", text)
-    if last:
-        candidates.append((_END_PRIORITY, len(padded), last.group(1)))
-    if not candidates:
-        candidates = [(0, m.start(1), m.group(1)) for m in lone.finditer(padded)]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda c: (c[0], c[1]))[2]
-
-
 def _read_table(path: Path) -> list[dict]:
     return read_parquet(path, REQUIRED_COLUMNS, "Video-MME")
 
@@ -150,7 +90,7 @@ def _video_path(root: Path, video_id: str) -> str:
 
 
 @register_task("videomme")
-class VideoMME:
+class VideoMME(LetterTask):
     """Video-MME multiple choice, with or without subtitles."""
 
     name = "videomme"
@@ -193,18 +133,6 @@ class VideoMME:
             ))
         return docs
 
-    def parse(self, output: str) -> str | None:
-        """The option letter in a model output, or None."""
-        return extract_letter(output)
-
-    def score(self, doc: Doc, parsed: str | None) -> dict:
-        """``{"correct": 1.0}`` when the letter matches the gold answer, else 0.0 (no letter counts as wrong)."""
-        return letter_score(doc, parsed)
-
-    def aggregate(self, docs: list[Doc], scores: list[dict | None]) -> dict:
-        """Accuracy in percent overall and per duration, domain and task type; None scores are left out.
-
-        Keys: ``accuracy``, ``accuracy/<split>/<value>``, ``n`` (documents scored), ``n_total``.
-        An empty group scores 0, as in lmms-eval.
-        """
-        return accuracy_metrics(docs, scores, lambda doc: [f"accuracy/{key}/{doc.fields[key]}" for key in SPLITS])
+    def groups(self, doc: Doc) -> list[str]:
+        """Accuracy per duration, domain and task type, besides overall."""
+        return [f"accuracy/{key}/{doc.fields[key]}" for key in SPLITS]

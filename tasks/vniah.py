@@ -32,7 +32,8 @@ import numpy as np
 
 from bench.errors import UserError
 from tasks import register_task
-from tasks.base import ACCURACY, Doc, accuracy_metrics, letter_score
+from tasks.base import ACCURACY, Doc
+from tasks.letters import LetterTask
 
 COLOURS = {"red": (225, 35, 35), "green": (35, 195, 60), "blue": (45, 85, 240), "yellow": (235, 215, 35)}
 LETTERS = "ABCD"
@@ -182,7 +183,7 @@ def read_config(root) -> Config:
 
 
 @register_task("vniah")
-class VNIAH:
+class VNIAH(LetterTask):
     """V-NIAH: which colour has the needle frame; accuracy by haystack length and needle depth."""
 
     name = "vniah"
@@ -227,20 +228,13 @@ class VNIAH:
                 raise UserError(f"{path}:{n}: malformed vniah document ({type(exc).__name__}: {exc})") from None
         return docs
 
-    def parse(self, output: str) -> str | None:
-        from tasks.videomme import extract_letter
-
-        return extract_letter(output)
-
-    def score(self, doc: Doc, parsed: str | None) -> dict:
-        return letter_score(doc, parsed)
+    def groups(self, doc: Doc) -> list[str]:
+        """Accuracy per haystack length, per needle depth and per (length, depth) cell."""
+        length, depth = doc.fields["length"], doc.fields["depth"]
+        return [f"accuracy/length/{length}", f"accuracy/depth/{depth:g}", f"accuracy/cell/{length}/{depth:g}"]
 
     def aggregate(self, docs: list[Doc], scores: list[dict | None]) -> dict:
-        def groups(doc: Doc) -> list[str]:
-            length, depth = doc.fields["length"], doc.fields["depth"]
-            return [f"accuracy/length/{length}", f"accuracy/depth/{depth:g}", f"accuracy/cell/{length}/{depth:g}"]
-
-        return {**accuracy_metrics(docs, scores, groups), "chance": 100.0 / len(LETTERS)}
+        return {**super().aggregate(docs, scores), "chance": 100.0 / len(LETTERS)}
 
 
 def _floats(text: str) -> tuple[float, ...]:

@@ -5,7 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench.errors import UserError
-from tasks.videomme import NO_SUBTITLES, Doc, VideoMME, extract_letter, read_subtitles
+from tasks.letters import extract_letter
+from tasks.videomme import NO_SUBTITLES, Doc, VideoMME, read_subtitles
 
 LETTER_CASES = [
     ("B", "B"),
