@@ -14,6 +14,11 @@ gated by kind:
   median of the per-round ratios, so a machine that is slower, or slower for a while,
   moves both sides alike and does not fail the gate. Reference cells are shown, not gated.
 
+- **work** (``metrics.work``, ``bench.work``: aten ops, bytes allocated, host syncs and, on
+  CUDA, kernel launches, per prefill and per decode token): *exactly*, when both records were
+  counted with the same torch, transformers and device type. More work is a regression on any
+  machine, with no tolerance; the row names the operators whose counts moved.
+
 - **task metrics** (``eval`` records: accuracy, mIoU, ...): each top-level task metric
   within ``accuracy_tolerance`` *absolute points* (higher is better; KL lower is better);
   per-split metrics (names with a ``/``) and counts are not gated, nor are an eval's timings.
@@ -31,12 +36,15 @@ from tabulate import tabulate
 
 from bench.errors import UserError
 from bench.records import spec_key
+from bench.work import moved_ops
 
 COUNTS = ("input_tokens", "vision_tokens", "tokens_after_compression")
 MEMORY = {"peak_mem_bytes": False, "max_frames": True}  # metric -> higher is better
 TIMING = {"prefill_tok_s": True, "decode_tok_s": True, "e2e_tok_s": True, "prefill_s": False, "ttft_s": False}
 IGNORED_SPEC = ("warmup", "repeats")
 TASK_COUNTS = ("n", "n_total", "chance")
+WORK_STAGES = ("vision", "prefill", "decode_per_token")
+WORK_COUNTERS = ("ops", "alloc_bytes", "host_syncs", "kernels")
 
 
 def parse_percent(text: str | float) -> float:
@@ -114,6 +122,7 @@ class Row:
     new: float | str | None
     ratio: float | None
     verdict: str  # ok | REGRESSION | improved | info | missing
+    note: str = ""  # e.g. the operators whose counts moved
 
 
 def _label(record: dict, varying: list[str]) -> str:
@@ -125,6 +134,35 @@ def _judge(old: float, new: float, higher_better: bool, tol: float) -> tuple[flo
     worse = ratio < 1 - tol if higher_better else ratio > 1 + tol
     better = ratio > 1 + tol if higher_better else ratio < 1 - tol
     return ratio, "REGRESSION" if worse else ("improved" if better else "ok")
+
+
+def work_rows(label: str, old: dict, new: dict) -> list[Row]:
+    """Exact work counters of two records: any increase is a regression, any decrease an improvement."""
+    ow, nw = old.get("work"), new.get("work")
+    if not isinstance(ow, dict) or not isinstance(nw, dict):
+        return []
+    if ow.get("counted_on") != nw.get("counted_on"):
+        versions = lambda w: ", ".join(f"{k} {v}" for k, v in (w.get("counted_on") or {}).items())  # noqa: E731
+        return [Row(label, "work", versions(ow), versions(nw), None, "info",
+                    "counted with other library versions or device: not gated")]
+    rows = []
+    for stage in WORK_STAGES:
+        o, n = ow.get(stage), nw.get(stage)
+        if not isinstance(o, dict) or not isinstance(n, dict):
+            continue
+        for counter in WORK_COUNTERS:
+            if counter not in o or counter not in n:
+                continue
+            a, b = _exact(o[counter]), _exact(n[counter])
+            verdict = "ok" if a == b else "REGRESSION" if b > a else "improved"
+            note = moved_ops(o.get("by_op", {}), n.get("by_op", {})) if counter == "ops" and a != b else ""
+            rows.append(Row(label, f"work {stage} {counter}", a, b, (b / a) if a else None, verdict, note))
+    return rows
+
+
+def _exact(value):
+    """A count as printed in full: per-token counts are whole numbers when every step does the same work."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def task_rows(label: str, old: dict, new: dict, points: float) -> list[Row]:
@@ -170,6 +208,7 @@ def compare(new: list[dict], baseline: list[dict], *, tolerance: float = 0.10, m
         rows.extend(task_rows(label, old, cur, accuracy_tolerance))
         if old.get("kind") == "eval":  # an eval's timings are per-document means on a shared machine: not gated
             continue
+        rows.extend(work_rows(label, om, nm))
         for metric in COUNTS:
             if metric in om and metric in nm:
                 rows.append(Row(label, metric, om[metric], nm[metric], None,
@@ -209,7 +248,8 @@ def _fmt(value) -> str:
 
 
 def render_rows(rows: list[Row]) -> str:
+    notes = any(r.note for r in rows)
     body = [[r.cell, r.metric, _fmt(r.old), _fmt(r.new), "—" if r.ratio is None else f"{r.ratio:.3f}", r.verdict]
-            for r in rows]
-    return tabulate(body, ["cell", "metric", "baseline", "new", "new/baseline", "verdict"], tablefmt="github",
-                    disable_numparse=True)
+            + ([r.note] if notes else []) for r in rows]
+    headers = ["cell", "metric", "baseline", "new", "new/baseline", "verdict"] + (["what moved"] if notes else [])
+    return tabulate(body, headers, tablefmt="github", disable_numparse=True)

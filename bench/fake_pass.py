@@ -90,11 +90,6 @@ def _replace_on_to():
         nn.Module.to = original
 
 
-class _NoMeter:
-    def sample(self) -> None:
-        pass
-
-
 def _register(tracker: LiveBytes, module) -> int:
     if module is None:
         return 0
@@ -170,8 +165,7 @@ def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm") -> dict
         kernels = gpu_kernels(mamba) if target == "gpu" else nullcontext()
         steps = min(spec.new_tokens, 2)
         with kernels, tracker:
-            result = one_pass(run_spec.replace(new_tokens=steps), Model(backbone, None, compressor), request,
-                              _NoMeter())
+            result = one_pass(run_spec.replace(new_tokens=steps), Model(backbone, None, compressor), request)
     # Every decode step adds one token to each attention layer's cache and otherwise repeats the last one,
     # so the peak of step N is step 2's plus (N - 2) times the growth from step 1 to step 2.
     (peak, at), *decode = stage_peaks

@@ -26,6 +26,7 @@ from bench.meters import MemoryMeter, StageTimer, release_free_memory
 from bench.generate import generate
 from bench.records import environment, make_record
 from bench.spec import CellSpec, check_runnable
+from bench.work import WorkCounter, summarise_work
 from compressors.base import make_compressor
 from tasks import TASKS
 
@@ -89,9 +90,9 @@ def synthetic_prompt(n: int) -> str:
     return " ".join(words[i % len(words)] for i in range(n))
 
 
-def one_pass_video_llm(spec: CellSpec, model: Model, request, meter: MemoryMeter) -> dict:
+def one_pass_video_llm(spec: CellSpec, model: Model, request, timer) -> dict:
     """A real video LLM: frames -> its processor and vision code (vision_s) -> the one generate loop."""
-    bb, timer, compressor = model.backbone, StageTimer(spec.device), model.compressor
+    bb, compressor = model.backbone, model.compressor
     compressor.reset()
     with torch.inference_mode():
         with timer.stage("decode_video_s"):
@@ -130,10 +131,13 @@ def _metrics(spec: CellSpec, t: dict, input_tokens: int, n_vision: int, kept: in
     }
 
 
-def one_pass(spec: CellSpec, model: Model, request, meter: MemoryMeter) -> dict:
+def one_pass(spec: CellSpec, model: Model, request, timer=None) -> dict:
+    """One pass of the cell; its stages are timed on ``timer`` (a fresh ``StageTimer`` by default,
+    or a ``bench.work.WorkCounter`` for the counting pass)."""
+    timer = timer if timer is not None else StageTimer(spec.device)
     if model.backbone.takes_frames:
-        return one_pass_video_llm(spec, model, request, meter)
-    bb, timer, compressor = model.backbone, StageTimer(spec.device), model.compressor
+        return one_pass_video_llm(spec, model, request, timer)
+    bb, compressor = model.backbone, model.compressor
     batch, n_vision = spec.batch, spec.frames * spec.tokens_per_frame
     compressor.reset()
     with torch.inference_mode():
@@ -205,6 +209,7 @@ class CellRun:
         self.model: Model | None = None
         self.samples: list[dict] = []
         self.peaks: list[dict] = []
+        self.work: dict | None = None
 
     def build(self) -> None:
         spec = self.spec
@@ -218,7 +223,7 @@ class CellRun:
 
     def measure(self, keep: bool) -> None:
         """One pass; its timings and memory peak are kept unless it is a warm-up."""
-        result = one_pass(self.spec, self.model, self.request, self.meter)
+        result = one_pass(self.spec, self.model, self.request)
         peak = self.meter.read()
         budget = self.spec.memory_budget
         if budget is not None and peak["peak_mem_bytes"] > budget:
@@ -227,8 +232,16 @@ class CellRun:
             self.samples.append(result)
             self.peaks.append(peak)
 
+    def count_work(self) -> None:
+        """One more pass, untimed, that counts its work (``metrics.work``, ``bench.work``)."""
+        counter = WorkCounter(self.spec.device)
+        one_pass(self.spec, self.model, self.request, counter)
+        self.work = summarise_work(counter, decode_steps=self.spec.new_tokens)
+
     def record(self, **extra) -> dict:
         metrics = summarise(self.samples, self.peaks)
+        if self.work is not None:
+            metrics["work"] = self.work
         metrics["cost"] = record_cost(self.spec, self.model, metrics, self.env)  # takes over metrics["cache"]
         return make_record(self.spec.to_dict(), self.env, metrics=metrics, **extra)
 
@@ -259,6 +272,7 @@ def run_cell(spec: CellSpec, meter: MemoryMeter | None = None) -> dict:
         for r in range(spec.warmup + spec.repeats):
             run.meter.reset()  # after the build: the build's transients are never a pass's peak
             run.measure(keep=r >= spec.warmup)
+        run.count_work()
         return run.record()
     except (UserError, KeyboardInterrupt):
         raise
@@ -311,6 +325,11 @@ def run_interleaved(specs: list[CellSpec], on_record=None) -> list[dict]:
                 fail(k, exc)
     for k, run in enumerate(runs):
         if records[k] is None:
+            try:
+                run.count_work()
+            except BaseException as exc:  # noqa: BLE001
+                fail(k, exc)
+                continue
             records[k] = run.record(interleaved=True)
             run.close()
             if on_record:

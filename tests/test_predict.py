@@ -34,7 +34,7 @@ def measured_peak_bytes(spec) -> int:
                                                 vocab_size=model.backbone.config.vocab_size, device="cpu",
                                                 dtype=model.backbone.dtype, image_size=None)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        runner.one_pass(spec, model, request, _NoMeter())
+        runner.one_pass(spec, model, request)
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())
     live = peak = 0
