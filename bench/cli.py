@@ -175,6 +175,7 @@ def build_parser() -> Parser:
     p.add_argument("--format", default="github", help="github | latex | csv")
     p.add_argument("--preset", help="paper-shaped table: efficiency | table1 (ignores --rows/--cols/--metric)")
     p.add_argument("--reference", help="with --preset: show each row's change against this row, e.g. compressor=none")
+    p.add_argument("--ci", action="store_true", help="timings as value ± half-width of their 95%% interval")
     return parser
 
 
@@ -426,7 +427,7 @@ def cmd_table(args) -> int:
 
         print(paper_tables.render(records, args.preset, fmt=args.format, reference=parse_reference(args.reference)))
         return 0
-    print(render(records, _split(args.rows), _split(args.cols), args.metric, fmt=args.format))
+    print(render(records, _split(args.rows), _split(args.cols), args.metric, fmt=args.format, ci=args.ci))
     return 0
 
 

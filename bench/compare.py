@@ -7,7 +7,10 @@ gated by kind:
 - **memory and capacity** (peak memory, max frames): within ``memory_tolerance``; the CPU
   peak of an interleaved run is shown, not gated (all its models share one process's
   resident memory, so a pass's peak is not that cell's alone);
-- **timing** (tokens/s higher is better, seconds lower is better): within ``tolerance``.
+- **timing** (tokens/s higher is better, seconds lower is better): the new/baseline ratio with
+  its 95% bootstrap interval (``bench.stats``, over the repeats or rounds of both records). A
+  timing regresses when the ratio is beyond ``tolerance`` *and* the whole interval is on the
+  worse side of 1, so a difference that the repeats cannot tell from noise does not fail.
   With a ``reference`` (e.g. ``arch=transformer``) every cell's timing is first divided by
   the timing of its reference cell *from the same run* (the cell whose spec differs only in
   the reference keys). For interleaved runs (``matrix --interleave``) that ratio is the
@@ -36,6 +39,7 @@ from tabulate import tabulate
 
 from bench.errors import UserError
 from bench.records import spec_key
+from bench.stats import ratio_ci
 from bench.work import moved_ops
 
 COUNTS = ("input_tokens", "vision_tokens", "tokens_after_compression")
@@ -98,20 +102,30 @@ def _reference_of(record: dict, reference: dict[str, str], index: dict[tuple, di
     return candidates[0] if candidates else None
 
 
-def relative_timing(record: dict, ref: dict, metric: str) -> float | None:
-    """The cell's timing over its reference's: median of per-round ratios when both were
-    measured interleaved with the same number of rounds, else the ratio of medians."""
+def _values(record: dict, metric: str) -> list[float]:
+    """A timing's values per repeat (or round), or its median alone for records that kept none."""
+    values = record["metrics"].get("spread", {}).get(metric, {}).get("values")
+    return list(values) if values else [record["metrics"][metric]]
+
+
+def relative_values(record: dict, ref: dict, metric: str) -> list[float] | None:
+    """The cell's timing over its reference's: per-round ratios when both were measured interleaved
+    with the same number of rounds, else the one ratio of medians."""
     if record.get("status") != "ok" or ref.get("status") != "ok":
         return None
     mine, theirs = record["metrics"], ref["metrics"]
     if mine.get(metric) is None or not theirs.get(metric):
         return None
-    rounds = mine.get("spread", {}).get(metric, {}).get("values")
-    ref_rounds = theirs.get("spread", {}).get(metric, {}).get("values")
-    if record.get("interleaved") and ref.get("interleaved") and rounds and ref_rounds \
-            and len(rounds) == len(ref_rounds):
-        return statistics.median(a / b for a, b in zip(rounds, ref_rounds))
-    return mine[metric] / theirs[metric]
+    rounds, ref_rounds = _values(record, metric), _values(ref, metric)
+    if record.get("interleaved") and ref.get("interleaved") and len(rounds) == len(ref_rounds) > 1:
+        return [a / b for a, b in zip(rounds, ref_rounds)]
+    return [mine[metric] / theirs[metric]]
+
+
+def relative_timing(record: dict, ref: dict, metric: str) -> float | None:
+    """The median of :func:`relative_values`."""
+    values = relative_values(record, ref, metric)
+    return None if values is None else statistics.median(values)
 
 
 @dataclass
@@ -123,6 +137,7 @@ class Row:
     ratio: float | None
     verdict: str  # ok | REGRESSION | improved | info | missing
     note: str = ""  # e.g. the operators whose counts moved
+    ci: tuple[float, float] | None = None  # 95% interval of the ratio (timings)
 
 
 def _label(record: dict, varying: list[str]) -> str:
@@ -134,6 +149,17 @@ def _judge(old: float, new: float, higher_better: bool, tol: float) -> tuple[flo
     worse = ratio < 1 - tol if higher_better else ratio > 1 + tol
     better = ratio > 1 + tol if higher_better else ratio < 1 - tol
     return ratio, "REGRESSION" if worse else ("improved" if better else "ok")
+
+
+def _judge_interval(new: list[float], old: list[float], higher_better: bool, tol: float):
+    """A timing's ratio with its bootstrap interval; worse or better only when the whole interval says so
+    (it excludes 1) and the ratio itself is beyond the tolerance."""
+    ratio, low, high = ratio_ci(new, old)
+    if higher_better:
+        worse, better = ratio < 1 - tol and high < 1, ratio > 1 + tol and low > 1
+    else:
+        worse, better = ratio > 1 + tol and low > 1, ratio < 1 - tol and high < 1
+    return ratio, (low, high), "REGRESSION" if worse else ("improved" if better else "ok")
 
 
 def work_rows(label: str, old: dict, new: dict) -> list[Row]:
@@ -228,13 +254,14 @@ def compare(new: list[dict], baseline: list[dict], *, tolerance: float = 0.10, m
             if not om.get(metric) or nm.get(metric) is None:
                 continue
             if reference and not is_reference and old_ref is not None and new_ref is not None:
-                o, n = relative_timing(old, old_ref, metric), relative_timing(cur, new_ref, metric)
-                if o and n is not None:
-                    ratio, verdict = _judge(o, n, higher, tolerance)
-                    rows.append(Row(label, f"{metric} / reference", o, n, ratio, verdict))
+                o, n = relative_values(old, old_ref, metric), relative_values(cur, new_ref, metric)
+                if o and n:
+                    ratio, ci, verdict = _judge_interval(n, o, higher, tolerance)
+                    rows.append(Row(label, f"{metric} / reference", statistics.median(o), statistics.median(n),
+                                    ratio, verdict, ci=ci))
                     continue
-            ratio, verdict = _judge(om[metric], nm[metric], higher, tolerance)
-            rows.append(Row(label, metric, om[metric], nm[metric], ratio, "info" if is_reference else verdict))
+            ratio, ci, verdict = _judge_interval(_values(cur, metric), _values(old, metric), higher, tolerance)
+            rows.append(Row(label, metric, om[metric], nm[metric], ratio, "info" if is_reference else verdict, ci=ci))
     for key, cur in new_ix.items():
         if key not in base_ix:
             rows.append(Row(_label(cur, varying), "cell", "missing", "present", None, "info"))
@@ -247,9 +274,17 @@ def _fmt(value) -> str:
     return "—" if value is None else str(value)
 
 
+def _fmt_ratio(row: Row) -> str:
+    if row.ratio is None:
+        return "—"
+    if row.ci is None or row.ci[0] == row.ci[1]:
+        return f"{row.ratio:.3f}"
+    return f"{row.ratio:.3f} [{row.ci[0]:.3f}, {row.ci[1]:.3f}]"
+
+
 def render_rows(rows: list[Row]) -> str:
     notes = any(r.note for r in rows)
-    body = [[r.cell, r.metric, _fmt(r.old), _fmt(r.new), "—" if r.ratio is None else f"{r.ratio:.3f}", r.verdict]
-            + ([r.note] if notes else []) for r in rows]
-    headers = ["cell", "metric", "baseline", "new", "new/baseline", "verdict"] + (["what moved"] if notes else [])
+    body = [[r.cell, r.metric, _fmt(r.old), _fmt(r.new), _fmt_ratio(r), r.verdict] + ([r.note] if notes else [])
+            for r in rows]
+    headers = ["cell", "metric", "baseline", "new", "new/baseline [95% CI]", "verdict"] + (["what moved"] if notes else [])
     return tabulate(body, headers, tablefmt="github", disable_numparse=True)

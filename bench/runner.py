@@ -26,6 +26,7 @@ from bench.meters import MemoryMeter, StageTimer, release_free_memory
 from bench.generate import generate
 from bench.records import environment, make_record
 from bench.spec import CellSpec, check_runnable
+from bench.stats import median_ci
 from bench.work import WorkCounter, summarise_work
 from compressors.base import make_compressor
 from tasks import TASKS
@@ -176,7 +177,8 @@ def summarise(samples: list[dict], peaks: list[dict]) -> dict:
         values = [s[key] for s in samples]  # in measurement order (rounds, when interleaved)
         out[key] = statistics.median(values)
         q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-        spread[key] = {"min": min(values), "max": max(values), "iqr": q[2] - q[0], "values": values}
+        spread[key] = {"min": min(values), "max": max(values), "iqr": q[2] - q[0], "values": values,
+                       "ci95": list(median_ci(values))}
     out["stages"] = {k: statistics.median(s["stages"][k] for s in samples) for k in samples[0]["stages"]}
     peak = max(peaks, key=lambda p: p["peak_mem_bytes"])
     out["peak_mem_bytes"] = peak["peak_mem_bytes"]

@@ -108,7 +108,28 @@ def metric_info(metric: str) -> tuple[str, str, bool | None]:
     raise UserError(f"unknown metric {metric!r}; known metrics: {known}")
 
 
-def pivot(records: list[dict], rows: list[str], cols: list[str], metric: str) -> tuple[list[str], list[list]]:
+class Measured(float):
+    """A timing in display units that carries the half-width of its 95% interval (``table --ci``)."""
+
+    half: float = 0.0
+
+    @classmethod
+    def of(cls, value: float, half: float) -> "Measured":
+        out = cls(value)
+        out.half = half
+        return out
+
+
+def _half_width(record: dict, metric: str) -> float | None:
+    """Half the width of a metric's 95% interval (``metrics.spread.<metric>.ci95``), if the record has one."""
+    ci = field(record, f"metrics.spread.{metric}.ci95")
+    if isinstance(ci, list) and len(ci) == 2 and all(_is_number(v) for v in ci):
+        return (ci[1] - ci[0]) / 2
+    return None
+
+
+def pivot(records: list[dict], rows: list[str], cols: list[str], metric: str,
+          ci: bool = False) -> tuple[list[str], list[list]]:
     """The table as a header row and body rows.
 
     The header has one cell per row key (the last one also names the metric and its
@@ -141,26 +162,29 @@ def pivot(records: list[dict], rows: list[str], cols: list[str], metric: str) ->
         header = [*rows, label]
     body = []
     for rk in row_keys:
-        values = [_cell(cells.get((rk, ck)), metric) for ck in col_keys]
+        values = [_cell(cells.get((rk, ck)), metric, ci) for ck in col_keys]
         body.append([_text(v) for v in rk] + values)
     return header, body
 
 
-def render(records: list[dict], rows: list[str], cols: list[str], metric: str, fmt: str = "github") -> str:
+def render(records: list[dict], rows: list[str], cols: list[str], metric: str, fmt: str = "github",
+           ci: bool = False) -> str:
     """The pivot table as GitHub Markdown, LaTeX (booktabs, best value per column bold) or CSV.
 
     CSV holds the raw numbers in display units, with empty cells where no value exists.
+    With ``ci``, timings show ``value ± half-width`` of their 95% interval (CSV: the value alone).
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    header, body = pivot(records, rows, cols, metric)
+    header, body = pivot(records, rows, cols, metric, ci)
     _, spec, higher = metric_info(metric)
     width = len(rows)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(header)
-        writer.writerows([["" if cell == MISSING else cell for cell in line] for line in body])
+        writer.writerows([["" if cell == MISSING else float(cell) if isinstance(cell, Measured) else cell
+                           for cell in line] for line in body])
         return out.getvalue()
     text = [line[:width] + [_format(cell, spec) for cell in line[width:]] for line in body]
     if fmt == "github":
@@ -181,7 +205,7 @@ def _latex(header: list[str], body: list[list], text: list[list[str]], width: in
     for raw, shown in zip(body, text):
         cells = [_latex_escape(c) for c in shown[:width]]
         for j, (value, cell) in enumerate(zip(raw[width:], shown[width:])):
-            cell = _latex_escape(cell)
+            cell = _latex_escape(cell).replace(" ± ", " $\\pm$ ")
             cells.append(f"\\textbf{{{cell}}}" if best[j] is not None and value == best[j] else cell)
         lines.append(" & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
@@ -278,8 +302,9 @@ def _ordered(keys: list[tuple]) -> list[tuple]:
     )
 
 
-def _cell(record: dict | None, metric: str) -> Any:
-    """What a cell holds: the metric in display units, "OOM", "error" or "—"."""
+def _cell(record: dict | None, metric: str, ci: bool = False) -> Any:
+    """What a cell holds: the metric in display units (with ``ci``, a ``Measured`` carrying its interval's
+    half-width), "OOM", "error" or "—"."""
     if record is None:
         return MISSING
     status = record.get("status")
@@ -290,16 +315,20 @@ def _cell(record: dict | None, metric: str) -> Any:
     value = field(record, metric)
     if not _is_number(value):
         return MISSING
-    return value * DISPLAY_SCALE.get(metric, 1)
+    scale = DISPLAY_SCALE.get(metric, 1)
+    half = _half_width(record, metric) if ci else None
+    return value * scale if half is None else Measured.of(value * scale, half * scale)
 
 
 def _format(value: Any, spec: str) -> str:
     """A cell as text: numbers through the metric's format spec, anything else as is."""
     if not _is_number(value):
         return str(value)
+    half = value.half if isinstance(value, Measured) else None
     if spec.endswith("d"):
         value = round(value)
-    return format(value, spec)
+    text = format(float(value) if half is not None else value, spec)
+    return text if half is None else f"{text} ± {format(half, spec)}"
 
 
 def _text(value: Any) -> str:
