@@ -155,6 +155,17 @@ def build_parser() -> Parser:
     p.add_argument("--reference", help="gate timings relative to this in-run cell, e.g. arch=transformer")
     p.add_argument("--only-regressions", action="store_true", help="print only the rows that fail")
 
+    p = sub.add_parser("ab", help="paired A/B gate: the same cells from two checkouts, alternating (exit 1 on regression)")
+    p.add_argument("matrix", nargs="?", help="TOML matrix (default results/baselines/ab-gate.toml)")
+    p.add_argument("--base", required=True, help="a viperbench checkout directory or a git revision")
+    p.add_argument("--head", default=".", help="a viperbench checkout directory or a git revision (default .)")
+    p.add_argument("--pairs", type=int, default=5, help="base/head pairs of fresh processes (default 5)")
+    p.add_argument("--tolerance", default="2%", help="smallest timing change that counts (default 2%%)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="chance that an unchanged tree fails, over all gated timings together (default 0.05)")
+    p.add_argument("--output", help="append every side's records, tagged with side and pair, to this JSONL file")
+    p.add_argument("--only-regressions", action="store_true", help="print only the rows that fail")
+
     p = sub.add_parser("plot", help="a figure from records (PNG or PDF by the file suffix)")
     p.add_argument("files", nargs="+", help="JSONL result files")
     p.add_argument("--kind", default="xy", help="xy | throughput | memory | maxframes | probes | pareto | niah (default xy)")
@@ -385,6 +396,24 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_ab(args) -> int:
+    from bench.ab import render, run_ab
+    from bench.compare import parse_percent
+
+    if not 0 < args.alpha < 1:
+        raise UserError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    verdicts = run_ab(args.base, args.head, args.matrix, args.pairs, parse_percent(args.tolerance), args.alpha,
+                      output=args.output, log=lambda line: print(line, file=sys.stderr, flush=True))
+    bad = [v for v in verdicts if v.verdict == "REGRESSION"]
+    print(render(bad if args.only_regressions else verdicts))
+    if bad:
+        worst = ", ".join(f"{v.cell} {v.metric} {v.ratio:.3f} [{v.low:.3f}, {v.high:.3f}]" if v.low is not None
+                          else f"{v.cell} {v.metric}" for v in bad[:3])
+        raise CheckFailed(f"{len(bad)} regression(s) of {args.head} against {args.base}: {worst}")
+    print(f"no regressions of {args.head} against {args.base} ({len(verdicts)} checks)")
+    return 0
+
+
 def cmd_plot(args) -> int:
     from bench import plots
     from bench.table import load_records
@@ -434,7 +463,7 @@ def cmd_table(args) -> int:
 COMMANDS = {"list": cmd_list, "run": cmd_run, "matrix": cmd_matrix, "maxframes": cmd_maxframes, "table": cmd_table,
             "compare": cmd_compare, "plot": cmd_plot, "report": cmd_report, "eval": cmd_eval, "score": cmd_score,
             "train": cmd_train, "lm-eval": cmd_lm_eval,
-            "predict": cmd_predict}
+            "predict": cmd_predict, "ab": cmd_ab}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,8 @@ from bench.work import moved_ops
 
 COUNTS = ("input_tokens", "vision_tokens", "tokens_after_compression")
 MEMORY = {"peak_mem_bytes": False, "max_frames": True}  # metric -> higher is better
-TIMING = {"prefill_tok_s": True, "decode_tok_s": True, "e2e_tok_s": True, "prefill_s": False, "ttft_s": False}
+TIMING = {"prefill_tok_s": True, "decode_tok_s": True, "e2e_tok_s": True, "prefill_s": False, "ttft_s": False,
+          "prefill_cpu_tok_s": True, "decode_cpu_tok_s": True}
 IGNORED_SPEC = ("warmup", "repeats")
 TASK_COUNTS = ("n", "n_total", "chance")
 WORK_STAGES = ("vision", "prefill", "decode_per_token")

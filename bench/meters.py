@@ -24,22 +24,38 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+def cpu_clock():
+    """The CPU-time clock of this pass: the calling thread's when torch computes on one thread (it then
+    excludes time the thread spent descheduled on a busy machine), else the whole process's."""
+    import torch
+
+    return time.thread_time if torch.get_num_threads() == 1 else time.process_time
+
+
 class StageTimer:
-    """Accumulates wall time per named stage: ``with timer.stage("prefill_s"): ...``."""
+    """Accumulates wall time per named stage: ``with timer.stage("prefill_s"): ...``.
+
+    On the CPU it also accumulates CPU time (``cpu_times``, :func:`cpu_clock`): the work of the
+    stage without the time a shared machine gave to other processes."""
 
     def __init__(self, device: str):
         self.device = device
         self.times: dict[str, float] = {}
+        self.cpu_times: dict[str, float] | None = {} if device == "cpu" else None
+        self._cpu = cpu_clock() if device == "cpu" else None
 
     @contextmanager
     def stage(self, name: str):
         synchronize(self.device)
         t0 = time.perf_counter()
+        c0 = self._cpu() if self._cpu else 0.0
         try:
             yield
         finally:
             synchronize(self.device)
             self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+            if self._cpu:
+                self.cpu_times[name] = self.cpu_times.get(name, 0.0) + self._cpu() - c0
 
 
 # --- CPU resident memory ------------------------------------------------------------------

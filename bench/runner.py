@@ -31,7 +31,8 @@ from bench.work import WorkCounter, summarise_work
 from compressors.base import make_compressor
 from tasks import TASKS
 
-SUMMARISED = ("prefill_s", "prefill_tok_s", "ttft_s", "decode_s", "decode_tok_s", "e2e_tok_s")
+SUMMARISED = ("prefill_s", "prefill_tok_s", "ttft_s", "decode_s", "decode_tok_s", "e2e_tok_s",
+              "prefill_cpu_s", "prefill_cpu_tok_s", "decode_cpu_s", "decode_cpu_tok_s")
 
 
 class OverBudget(Exception):
@@ -104,7 +105,7 @@ def one_pass_video_llm(spec: CellSpec, model: Model, request, timer) -> dict:
         cache: dict = {}
         kept = generate(bb, max_new_tokens=spec.new_tokens + 1, compressor=compressor, state=prompt.state,
                         chunk=spec.prefill_chunk, timer=timer, after_prefill=_read_cache(cache)).kept
-    return _metrics(spec, timer.times, prompt.input_ids.shape[1], prompt.vision_tokens, kept, compressor, cache)
+    return _metrics(spec, timer, prompt.input_ids.shape[1], prompt.vision_tokens, kept, compressor, cache)
 
 
 def _read_cache(into: dict):
@@ -112,9 +113,15 @@ def _read_cache(into: dict):
     return lambda seq: into.update(cache_bytes(seq.cache))
 
 
-def _metrics(spec: CellSpec, t: dict, input_tokens: int, n_vision: int, kept: int, compressor, cache: dict) -> dict:
-    batch = spec.batch
+def _metrics(spec: CellSpec, timer, input_tokens: int, n_vision: int, kept: int, compressor, cache: dict) -> dict:
+    batch, t = spec.batch, timer.times
     ttft = t["decode_video_s"] + t["vision_s"] + t["prefill_s"]
+    cpu = {}
+    if timer.cpu_times is not None:  # on the CPU: the same rates in CPU time (less noisy on a shared machine)
+        c = timer.cpu_times
+        cpu = {"prefill_cpu_s": c["prefill_s"], "decode_cpu_s": c["decode_s"],
+               "prefill_cpu_tok_s": batch * input_tokens / max(c["prefill_s"], 1e-9),
+               "decode_cpu_tok_s": batch * spec.new_tokens / max(c["decode_s"], 1e-9)}
     return {
         "input_tokens": input_tokens,
         "vision_tokens": n_vision,
@@ -129,6 +136,7 @@ def _metrics(spec: CellSpec, t: dict, input_tokens: int, n_vision: int, kept: in
         "stages": dict(t),
         "compressor": compressor.report(),
         "cache": cache,
+        **cpu,
     }
 
 
@@ -166,14 +174,14 @@ def one_pass(spec: CellSpec, model: Model, request, timer=None) -> dict:
         kept = generate(bb, embeds, max_new_tokens=spec.new_tokens + 1, compressor=compressor, vision=span,
                         chunk=spec.prefill_chunk, timer=timer, after_prefill=_read_cache(cache)).kept
         del embeds
-    return _metrics(spec, timer.times, 1 + n_vision + spec.prompt_tokens, n_vision, kept, compressor, cache)
+    return _metrics(spec, timer, 1 + n_vision + spec.prompt_tokens, n_vision, kept, compressor, cache)
 
 
 def summarise(samples: list[dict], peaks: list[dict]) -> dict:
     """Median of the repeats for timings, with min/max/IQR spread; the largest memory peak."""
     out = {k: v for k, v in samples[-1].items() if k not in SUMMARISED and k != "stages"}
     spread = {}
-    for key in SUMMARISED:
+    for key in (k for k in SUMMARISED if k in samples[0]):
         values = [s[key] for s in samples]  # in measurement order (rounds, when interleaved)
         out[key] = statistics.median(values)
         q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3

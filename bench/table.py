@@ -32,6 +32,8 @@ METRICS: dict[str, tuple[str, str, bool | None]] = {
     "prefill_tok_s": ("prefill (tok/s)", ".1f", True),
     "decode_tok_s": ("decode (tok/s)", ".1f", True),
     "e2e_tok_s": ("end-to-end (tok/s)", ".1f", True),
+    "prefill_cpu_tok_s": ("prefill per CPU second (tok/s)", ".1f", True),
+    "decode_cpu_tok_s": ("decode per CPU second (tok/s)", ".1f", True),
     "prefill_s": ("prefill (s)", ".3f", False),
     "ttft_s": ("TTFT (s)", ".3f", False),
     "peak_mem_bytes": ("peak mem (MiB)", ".1f", False),

@@ -76,7 +76,8 @@ class WorkCounter:
 
     def __init__(self, device: str):
         self.device = device
-        self.times: dict[str, float] = {}  # the pass reads stage times: zeros, this pass is not timed
+        self.times: dict[str, float] = {}  # the pass reads stage times: near zero, this pass is not timed
+        self.cpu_times = None
         self.stages: dict[str, dict] = {}
 
     @contextmanager
