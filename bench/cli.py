@@ -166,6 +166,24 @@ def build_parser() -> Parser:
     p.add_argument("--output", help="append every side's records, tagged with side and pair, to this JSONL file")
     p.add_argument("--only-regressions", action="store_true", help="print only the rows that fail")
 
+    p = sub.add_parser("history", help="per-commit history of gate metrics with step detection (SQLite store)")
+    hist = p.add_subparsers(dest="action", required=True, parser_class=Parser)
+    h = hist.add_parser("add", help="append records, keyed by commit, date and machine")
+    h.add_argument("files", nargs="+", help="JSONL result files")
+    h.add_argument("--commit", help="the commit the records measure (default: each record's env.commit)")
+    h.add_argument("--date", type=float, help="commit date as a Unix time (default: git's commit date, else now)")
+    for name, help_ in (("show", "list the series and their detected steps"),
+                        ("plot", "one metric over commits, steps marked"),
+                        ("html", "a static page: one figure per metric, steps marked")):
+        h = hist.add_parser(name, help=help_)
+        h.add_argument("--metric", required=name == "plot", help="only this metric")
+        h.add_argument("--cell", help="only cells whose label contains this text, e.g. arch=hybrid")
+        h.add_argument("--threshold", default="2%", help="smallest step reported (default 2%%)")
+        if name in ("plot", "html"):
+            h.add_argument("--out", required=True, help="PNG/PDF file (plot) or directory (html)")
+    for h in hist.choices.values():
+        h.add_argument("--store", help="SQLite store (default $VIPERBENCH_HISTORY, else history.sqlite in the cache)")
+
     p = sub.add_parser("plot", help="a figure from records (PNG or PDF by the file suffix)")
     p.add_argument("files", nargs="+", help="JSONL result files")
     p.add_argument("--kind", default="xy", help="xy | throughput | memory | maxframes | probes | pareto | niah (default xy)")
@@ -414,6 +432,29 @@ def cmd_ab(args) -> int:
     return 0
 
 
+def cmd_history(args) -> int:
+    from bench import history
+    from bench.compare import parse_percent
+    from bench.records import iter_records
+
+    if args.action == "add":
+        records = [r for f in args.files for r in iter_records(f)]
+        n = history.add(records, args.store, commit=args.commit, date=args.date, source=", ".join(args.files))
+        print(f"{n} points added to {args.store or history.default_store()}")
+        return 0
+    found = history.series(args.store, metric=args.metric, cell=args.cell, threshold=parse_percent(args.threshold))
+    if not found:
+        raise UserError("no series match" + (f" --metric {args.metric}" if args.metric else "")
+                        + (f" --cell {args.cell}" if args.cell else ""))
+    if args.action == "show":
+        print(history.show(found))
+    elif args.action == "plot":
+        print(history.plot(found, args.metric, args.out))
+    else:
+        print(history.html(found, args.out))
+    return 0
+
+
 def cmd_plot(args) -> int:
     from bench import plots
     from bench.table import load_records
@@ -463,7 +504,7 @@ def cmd_table(args) -> int:
 COMMANDS = {"list": cmd_list, "run": cmd_run, "matrix": cmd_matrix, "maxframes": cmd_maxframes, "table": cmd_table,
             "compare": cmd_compare, "plot": cmd_plot, "report": cmd_report, "eval": cmd_eval, "score": cmd_score,
             "train": cmd_train, "lm-eval": cmd_lm_eval,
-            "predict": cmd_predict, "ab": cmd_ab}
+            "predict": cmd_predict, "ab": cmd_ab, "history": cmd_history}
 
 
 def main(argv: list[str] | None = None) -> int:
