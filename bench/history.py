@@ -188,7 +188,10 @@ def detect(values: list[float], higher_better: bool, threshold: float = 0.02) ->
     """Regressions in a series by asv's step detection: (index after the step, level before, level after)."""
     if len(values) < 2 or any(v <= 0 for v in values):
         return []
-    from asv.step_detect import detect_regressions, detect_steps
+    try:
+        from asv.step_detect import detect_regressions, detect_steps
+    except ImportError:
+        raise UserError("step detection needs asv: pip install 'viperbench[history]'") from None
 
     cost = [1 / v if higher_better else v for v in values]  # upward = worse
     steps = detect_steps(cost)
