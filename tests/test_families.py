@@ -14,6 +14,7 @@ import torch
 from architectures import ARCHITECTURES
 from architectures.families.offline import write_checkpoint
 from bench.pipeline import decode_step, prefill
+from tasks.video import Clip
 
 FAMILIES = ["qwen3_vl", "qwen3_vl_moe", "nemotron_h_omni", "llava_onevision"]
 PROMPT = "what happens in the video ?"
@@ -61,7 +62,7 @@ def loaded(checkpoints):
     out = {}
     for arch, path in checkpoints.items():
         bb = ARCHITECTURES.get(arch).build(checkpoint=path)
-        out[arch] = (bb, library_model(arch, path), bb.processor_inputs(frames(), PROMPT))
+        out[arch] = (bb, library_model(arch, path), bb.processor_inputs(Clip.consecutive(frames()), PROMPT))
     return out
 
 
@@ -201,7 +202,7 @@ def test_evs_equals_the_library_pruning_on_nemotron_omni(checkpoints):
     path = checkpoints["nemotron_h_omni"]
     bb = ARCHITECTURES.get("nemotron_h_omni").build(checkpoint=path)
     lib = library_model("nemotron_h_omni", path, video_pruning_rate=0.5)
-    inputs = bb.processor_inputs(frames(8), PROMPT)
+    inputs = bb.processor_inputs(Clip.consecutive(frames(8)), PROMPT)
     with torch.inference_mode():
         ref = lib(**inputs).logits[:, -1].float()
     comp = ready(bb, "evs:p=0.5")

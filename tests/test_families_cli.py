@@ -49,8 +49,7 @@ def test_eval_videomme_equals_library_generate_per_document(arch, ckpts, data, t
     for entry in entries:
         assert entry["error"] is None
         doc = docs[entry["id"]]
-        frames, _ = load_frames(data / doc.video, frames=4)
-        inputs = bb.processor_inputs(frames, doc.prompt)
+        inputs = bb.processor_inputs(load_frames(data / doc.video, frames=4), doc.prompt)
         with torch.inference_mode():
             out = lib.generate(**library_kwargs(arch, lib, inputs), max_new_tokens=task.max_new_tokens,
                                do_sample=False)

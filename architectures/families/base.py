@@ -24,6 +24,7 @@ from architectures.base import Backbone
 from architectures.families import check_checkpoint_dir
 from architectures.tokens import TokenState
 from bench.errors import UserError
+from tasks.video import Clip
 
 
 @dataclass
@@ -179,15 +180,22 @@ class FamilyBackbone(Backbone):
         messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def video_kwargs(self, frames: torch.Tensor, fps: float) -> dict[str, Any]:
-        return {}
+    def processor_inputs(self, clip: Clip, prompt: str):
+        """Sampled frames (a ``tasks.video.Clip``: [T, 3, H, W] uint8 or float in [0, 1], with their source
+        frame indices and frame rate) and the prompt -> the processor's BatchFeature.
 
-    def processor_inputs(self, frames: torch.Tensor, prompt: str, fps: float = 1.0):
-        """frames: [T, 3, H, W] uint8 (or float in [0, 1]) sampled frames -> the processor's BatchFeature."""
+        The processor gets the clip's true video metadata and samples nothing itself, so the times it
+        writes into the prompt (Qwen3-VL's ``<t seconds>``, Nemotron-Omni's ``Frame i sampled at t
+        seconds``) are those of the sampled frames in the source video."""
+        from transformers.video_utils import VideoMetadata
+
+        frames = clip.frames
         if frames.dtype != torch.uint8:
             frames = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        metadata = VideoMetadata(total_num_frames=clip.total_frames, fps=clip.fps, duration=clip.duration_s,
+                                 frames_indices=list(clip.indices), height=frames.shape[-2], width=frames.shape[-1])
         return self.processor(text=self.chat_text(prompt), videos=[frames.cpu()], return_tensors="pt",
-                              **self.video_kwargs(frames, fps))
+                              video_metadata=metadata, do_sample_frames=False)
 
     def encode(self, inputs, compressor=None) -> Prompt:
         """Processor inputs -> the prompt's token state (vision features placed at the placeholders)."""
@@ -198,9 +206,9 @@ class FamilyBackbone(Backbone):
             raise UserError(f"compressor {compressor.name!r} hooks the own-layout vision tower; {self.name} runs the "
                             "checkpoint's own tower (use a projector- or LLM-side compressor)")
 
-    def prompt(self, frames: torch.Tensor, text: str, compressor=None, fps: float = 1.0) -> Prompt:
-        """Frames and prompt text -> a prompt ready for prefill (projector-side compression applied)."""
-        return self.encode(self.processor_inputs(frames, text, fps), compressor)
+    def prompt(self, clip: Clip, text: str, compressor=None) -> Prompt:
+        """Sampled frames and prompt text -> a prompt ready for prefill (projector-side compression applied)."""
+        return self.encode(self.processor_inputs(clip, text), compressor)
 
     def compress_projected(self, prompt: Prompt, compressor) -> Prompt:
         """Hook 2 (after the projector) on a real model: the compressor sees the vision features as
