@@ -106,7 +106,9 @@ def one_pass_video_llm(spec: CellSpec, model: Model, request, meter: MemoryMeter
         cache: dict = {}
         kept = generate(bb, max_new_tokens=spec.new_tokens + 1, compressor=compressor, state=prompt.state,
                         chunk=spec.prefill_chunk, timer=timer, after_prefill=_read_cache(cache)).kept
-    return _metrics(spec, timer.times, prompt.input_ids.shape[1], prompt.vision_tokens, kept, compressor, cache)
+    metrics = _metrics(spec, timer.times, prompt.input_ids.shape[1], prompt.vision_tokens, kept, compressor, cache)
+    metrics["checkpoint_pruned_tokens"] = prompt.checkpoint_pruned  # before the LLM, not in vision_tokens
+    return metrics
 
 
 def _read_cache(into: dict):

@@ -31,9 +31,10 @@ from tasks.video import Clip
 class Prompt:
     """One request ready for prefill: the processor's ids and the initial token state."""
 
-    input_ids: torch.Tensor  # [1, length]
+    input_ids: torch.Tensor  # [1, length]: what reaches the LLM
     state: TokenState
-    vision_tokens: int  # vision tokens before any compression
+    vision_tokens: int  # vision tokens that reach the LLM, before any compressor
+    checkpoint_pruned: int = 0  # vision tokens the checkpoint's own pruning dropped before the LLM
 
     @property
     def length(self) -> int:
@@ -201,10 +202,18 @@ class FamilyBackbone(Backbone):
         """Processor inputs -> the prompt's token state (vision features placed at the placeholders)."""
         raise NotImplementedError
 
+    def own_pruning(self) -> str | None:
+        """Why this model's frames can reach the LLM with different numbers of vision tokens (None: they never do)."""
+        return None
+
     def check_compressor(self, compressor) -> None:
         if compressor.wants_tower_hook:
             raise UserError(f"compressor {compressor.name!r} hooks the own-layout vision tower; {self.name} runs the "
                             "checkpoint's own tower (use a projector- or LLM-side compressor)")
+        reason = self.own_pruning()
+        if compressor.regroups_frames and reason:
+            raise UserError(f"compressor {compressor.name!r} needs the same number of vision tokens in every frame, "
+                            f"but {reason}; use uniform, attention, fastv, td or transv")
 
     def prompt(self, clip: Clip, text: str, compressor=None) -> Prompt:
         """Sampled frames and prompt text -> a prompt ready for prefill (projector-side compression applied)."""
@@ -218,11 +227,9 @@ class FamilyBackbone(Backbone):
         if compressor is None or type(compressor).after_projector is _identity_hook():
             return prompt
         state = prompt.state
-        vis = state.vision_index()
-        groups = int(state.frames[vis].max()) + 1
-        n = vis.numel() // groups
-        if n * groups != vis.numel():
-            raise UserError(f"compressor {compressor.name!r} needs the same number of vision tokens per frame")
+        ranks = state.frame_ranks(f"compressor {compressor.name!r}")  # grouped by frame index, not by count
+        groups, n = ranks.shape
+        vis = state.vision_index()[ranks.flatten()]
         compressor.kept_slots = None
         out = compressor.after_projector(state.hidden[:, vis].reshape(1, groups, n, -1))
         k = out.shape[1] // groups
