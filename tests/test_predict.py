@@ -153,7 +153,8 @@ def test_predict_command_prints_predicted_numbers_and_records(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--gpu", "nope"], "unknown GPU"),
-    (["--gpu-memory", "lots"], "malformed memory size"),
+    (["--gpu-memory", "lots"], "--gpu-memory"),
+    (["--gpu", ""], "unknown GPU"),
     (["--device", "cpu"], "needs --memory-budget"),
     (["--mamba-kernels", "fast"], "unknown --mamba-kernels"),
     (["--gpu", "custom"], "--gpu custom needs"),
