@@ -109,8 +109,11 @@ def _scaled(value: Any, units: dict[str, int], suffix: str = "") -> float:
 
 
 def _bytes(value: Any) -> int:
+    """``"8GiB"`` or a number of bytes; from TOML an integer (bytes) or such a string."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value  # a TOML integer: bytes, exactly
+        return value
+    if not isinstance(value, str):
+        raise TypeError(value)
     return int(_scaled(value, SIZE_UNITS))
 
 
