@@ -74,6 +74,23 @@ class TokenState:
         """Sequence indices of the vision tokens, ascending."""
         return true_indices(self.vision, self.n_vision)
 
+    def frame_ranks(self, who: str) -> torch.Tensor:
+        """Ranks (among the vision tokens) of each frame's vision tokens, grouped by the frame index:
+        [frames with vision tokens, tokens per frame], rows in frame order, each row in sequence order.
+        ``who`` needs every such frame to hold the same number of vision tokens: one line (UserError)
+        naming the counts when they differ."""
+        from bench.errors import UserError
+
+        if self.frames is None:
+            raise UserError(f"{who} needs frame indices of the vision tokens")
+        frame_of = self.frames[self.vision_index()]
+        counts = torch.unique(frame_of, return_counts=True)[1].tolist() if self.n_vision else []
+        if not counts or min(counts) != max(counts):
+            shown = ", ".join(map(str, counts[:16])) + (", ..." if len(counts) > 16 else "")
+            raise UserError(f"{who} needs the same number of vision tokens in every frame; frames hold {shown}")
+        order = torch.argsort(frame_of, stable=True)
+        return order.reshape(len(counts), counts[0])
+
     def select(self, index: torch.Tensor, n_vision: int | None = None, vision_end: int | None = None) -> None:
         """Keep only the tokens at ``index`` (ascending sequence indices), everything aligned with them.
 

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from bench import flags
 from bench.errors import CheckFailed, UserError
 
 # (flag, spec field, help). Each takes one value for `run`, comma lists for `matrix`.
@@ -32,6 +33,7 @@ CELL_FLAGS = [
     ("--repeats", "repeats", "timed passes; the record has their median and spread (default 3)"),
     ("--seed", "seed", "random seed (default 0)"),
 ]
+CELL_LABELS = {dest: flag for flag, dest, _ in CELL_FLAGS}  # numbers are checked in bench.spec, as in a TOML file
 
 
 class Parser(argparse.ArgumentParser):
@@ -40,7 +42,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"viperbench: error: {message}\n")
 
 
 def _add_cell_flags(p: argparse.ArgumentParser, lists: bool) -> None:
@@ -76,9 +78,9 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("maxframes", help="largest frame count that fits (child process per probe)")
     _add_cell_flags(p, lists=False)
-    p.add_argument("--start", type=int, default=16, help="first probe (default 16 frames)")
-    p.add_argument("--limit", type=int, default=1 << 20, help="stop doubling here (default 1048576)")
-    p.add_argument("--precision", type=float, default=1 / 32,
+    p.add_argument("--start", type=flags.positive_int, default=16, help="first probe (default 16 frames)")
+    p.add_argument("--limit", type=flags.positive_int, default=1 << 20, help="stop doubling here (default 1048576)")
+    p.add_argument("--precision", type=flags.fraction, default=1 / 32,
                    help="stop when the gap is within this fraction of the fitting count (default 1/32)")
     p.add_argument("--output", help="append the record to this JSONL file")
 
@@ -87,19 +89,22 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("predict", help="peak memory, fit, max frames and roofline speed on a named GPU, from a CPU")
     _add_cell_flags(p, lists=False)
-    p.add_argument("--gpu", default="h100-80gb", help="GPU from the built-in table (default h100-80gb) or custom")
-    p.add_argument("--gpu-memory", help="override the GPU's memory, e.g. 80GiB")
-    p.add_argument("--gpu-tflops", help="override its dense bf16 TFLOP/s")
-    p.add_argument("--gpu-bandwidth", help="override its memory bandwidth, e.g. 3.35TB/s")
-    p.add_argument("--context-margin", default="1.5GiB",
+    p.add_argument("--gpu", help="GPU from the built-in table (default h100-80gb) or custom")
+    p.add_argument("--gpu-memory", type=flags.positive_size, help="override the GPU's memory, e.g. 80GiB")
+    p.add_argument("--gpu-tflops", type=flags.positive_float, help="override its dense bf16 TFLOP/s")
+    p.add_argument("--gpu-bandwidth", type=flags.positive_rate, help="override its memory bandwidth, e.g. 3.35TB/s")
+    p.add_argument("--context-margin", type=flags.nonnegative_size, default="1.5GiB",
                    help="memory torch's allocator never sees: CUDA context, driver, workspaces (default 1.5GiB)")
-    p.add_argument("--allocator-margin", default="5%", help="caching-allocator fragmentation (default 5%%)")
+    p.add_argument("--allocator-margin", type=flags.percent, default="5%",
+                   help="caching-allocator fragmentation, 5%% or 0.05 (default 5%%)")
     p.add_argument("--mamba-kernels", default="mamba-ssm",
                    help="mamba-ssm (as a GPU with mamba-ssm runs) | torch (transformers' reference code)")
     p.add_argument("--no-max-frames", action="store_true", help="skip the predicted max-frames search")
-    p.add_argument("--limit", type=int, default=1 << 20, help="largest frame count the search considers")
-    p.add_argument("--precision", type=float, default=1 / 32, help="max-frames search precision (default 1/32)")
-    p.add_argument("--serve-batch", type=int,
+    p.add_argument("--limit", type=flags.positive_int, default=1 << 20,
+                   help="largest frame count the search considers")
+    p.add_argument("--precision", type=flags.fraction, default=1 / 32,
+                   help="max-frames search precision (default 1/32)")
+    p.add_argument("--serve-batch", type=flags.positive_int,
                    help="also predict generated tokens/s for this many requests served together (needs --batch 1)")
     p.add_argument("--json", action="store_true", help="print the record as JSON instead of the summary")
     p.add_argument("--output", help="append the record to this JSONL file")
@@ -108,8 +113,8 @@ def build_parser() -> Parser:
     _add_cell_flags(p, lists=False)
     p.add_argument("--data", help="the task's data directory, in its official layout (vniah: generated from --seed "
                                   "when not given)")
-    p.add_argument("--fps", type=float, help="sample at this rate, at most --frames frames (TimeViper: --fps 1 --frames 256)")
-    p.add_argument("--limit", type=int, help="only the first N documents")
+    p.add_argument("--fps", type=flags.positive_float, help="sample at this rate, at most --frames frames (TimeViper: --fps 1 --frames 256)")
+    p.add_argument("--limit", type=flags.positive_int, help="only the first N documents")
     p.add_argument("--judge", help="VDC judge: openai:URL#MODEL (an OpenAI-compatible server) or local:DIR")
     p.add_argument("--subtitles", action="store_true", help="Video-MME with subtitles")
     p.add_argument("--fidelity", action="store_true",
@@ -125,13 +130,16 @@ def build_parser() -> Parser:
     p.add_argument("--output", required=True, help="checkpoint directory to write (a run resumes from it)")
     p.add_argument("--train", default="model", help="model (everything) | transv (only TransV's modules)")
     p.add_argument("--compressor", default="none", help="with --train transv: transv:schedule=...")
-    p.add_argument("--seed", type=int, default=0, help="training stream and initialisation seed (default 0)")
-    p.add_argument("--steps", type=int, default=150, help="optimizer steps (default 150)")
-    p.add_argument("--batch", type=int, default=16, help="samples per step (default 16)")
-    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")
-    p.add_argument("--lengths", default="4,8,16", help="haystack lengths in frames (comma list; default 4,8,16)")
-    p.add_argument("--tokens-per-frame", type=int, default=4, help="vision tokens per frame after ToMe (default 4)")
-    p.add_argument("--save-every", type=int, default=25, help="write the checkpoint every N steps (default 25)")
+    p.add_argument("--seed", type=flags.seed, default=0, help="training stream and initialisation seed (default 0)")
+    p.add_argument("--steps", type=flags.positive_int, default=150, help="optimizer steps (default 150)")
+    p.add_argument("--batch", type=flags.positive_int, default=16, help="samples per step (default 16)")
+    p.add_argument("--lr", type=flags.positive_float, default=2e-3, help="AdamW learning rate (default 2e-3)")
+    p.add_argument("--lengths", type=flags.positive_int_list, default="4,8,16",
+                   help="haystack lengths in frames (comma list; default 4,8,16)")
+    p.add_argument("--tokens-per-frame", type=flags.positive_int, default=4,
+                   help="vision tokens per frame after ToMe (default 4)")
+    p.add_argument("--save-every", type=flags.positive_int, default=25,
+                   help="write the checkpoint every N steps (default 25)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("lm-eval", add_help=False,
@@ -148,9 +156,11 @@ def build_parser() -> Parser:
     p = sub.add_parser("compare", help="regression gate: a new run against a baseline (exit 1 on regression)")
     p.add_argument("new", help="JSONL records of the new run")
     p.add_argument("--baseline", required=True, help="JSONL records of the baseline")
-    p.add_argument("--tolerance", default="10%", help="allowed timing regression (default 10%%)")
-    p.add_argument("--memory-tolerance", default="5%", help="allowed peak-memory / max-frames regression (default 5%%)")
-    p.add_argument("--accuracy-tolerance", type=float, default=2.0,
+    p.add_argument("--tolerance", type=flags.percent, default="10%",
+                   help="allowed timing regression, 10%% or 0.1 (default 10%%)")
+    p.add_argument("--memory-tolerance", type=flags.percent, default="5%",
+                   help="allowed peak-memory / max-frames regression, 5%% or 0.05 (default 5%%)")
+    p.add_argument("--accuracy-tolerance", type=flags.nonnegative_float, default=2.0,
                    help="allowed drop of a task metric, in absolute points (default 2)")
     p.add_argument("--reference", help="gate timings relative to this in-run cell, e.g. arch=transformer")
     p.add_argument("--only-regressions", action="store_true", help="print only the rows that fail")
@@ -159,9 +169,9 @@ def build_parser() -> Parser:
     p.add_argument("matrix", nargs="?", help="TOML matrix (default results/baselines/ab-gate.toml)")
     p.add_argument("--base", required=True, help="a viperbench checkout directory or a git revision")
     p.add_argument("--head", default=".", help="a viperbench checkout directory or a git revision (default .)")
-    p.add_argument("--pairs", type=int, default=5, help="base/head pairs of fresh processes (default 5)")
-    p.add_argument("--tolerance", default="2%", help="smallest timing change that counts (default 2%%)")
-    p.add_argument("--alpha", type=float, default=0.05,
+    p.add_argument("--pairs", type=flags.positive_int, default=5, help="base/head pairs of fresh processes (default 5)")
+    p.add_argument("--tolerance", type=flags.percent, default="2%", help="smallest timing change that counts (default 2%%)")
+    p.add_argument("--alpha", type=flags.fraction, default=0.05,
                    help="chance that an unchanged tree fails, over all gated timings together (default 0.05)")
     p.add_argument("--output", help="append every side's records, tagged with side and pair, to this JSONL file")
     p.add_argument("--only-regressions", action="store_true", help="print only the rows that fail")
@@ -171,14 +181,14 @@ def build_parser() -> Parser:
     h = hist.add_parser("add", help="append records, keyed by commit, date and machine")
     h.add_argument("files", nargs="+", help="JSONL result files")
     h.add_argument("--commit", help="the commit the records measure (default: each record's env.commit)")
-    h.add_argument("--date", type=float, help="commit date as a Unix time (default: git's commit date, else now)")
+    h.add_argument("--date", type=flags.nonnegative_float, help="commit date as a Unix time (default: git's commit date, else now)")
     for name, help_ in (("show", "list the series and their detected steps"),
                         ("plot", "one metric over commits, steps marked"),
                         ("html", "a static page: one figure per metric, steps marked")):
         h = hist.add_parser(name, help=help_)
         h.add_argument("--metric", required=name == "plot", help="only this metric")
         h.add_argument("--cell", help="only cells whose label contains this text, e.g. arch=hybrid")
-        h.add_argument("--threshold", default="2%", help="smallest step reported (default 2%%)")
+        h.add_argument("--threshold", type=flags.percent, default="2%", help="smallest step reported (default 2%%)")
         if name in ("plot", "html"):
             h.add_argument("--out", required=True, help="PNG/PDF file (plot) or directory (html)")
     for h in hist.choices.values():
@@ -247,7 +257,7 @@ def cmd_run(args) -> int:
     from bench.records import append_record, check_writable
     from bench.spec import check_runnable, make_spec
 
-    spec = make_spec(_cell_values(args))
+    spec = make_spec(_cell_values(args), CELL_LABELS)
     if args.launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {args.launcher!r}; valid: {', '.join(LAUNCHERS)}")
     if args.launcher != "ray":  # Ray workers check their own devices
@@ -265,7 +275,7 @@ def cmd_matrix(args) -> int:
 
     values = _cell_values(args)
     axes = axes_from_toml(args.file, values) if args.file else axes_from_flags(values)
-    cells = expand(axes)
+    cells = expand(axes, {dest: CELL_LABELS[dest] for dest in values})
     records = run_matrix(cells, args.output, launcher=args.launcher, resume=args.resume,
                          progress=not args.no_progress, interleave=args.interleave)
     return _finish(records, args.output)
@@ -276,11 +286,9 @@ def cmd_maxframes(args) -> int:
     from bench.records import append_record, check_writable
     from bench.spec import make_spec
 
-    if args.start <= 0 or args.limit < args.start:
-        raise UserError("--start must be positive and --limit at least --start")
-    if not 0 <= args.precision < 1:
-        raise UserError("--precision must be in [0, 1)")
-    spec = make_spec({"frames": args.start, **_cell_values(args)})
+    if args.limit < args.start:
+        raise UserError(f"--limit {args.limit} must be at least --start {args.start}")
+    spec = make_spec({"frames": args.start, **_cell_values(args)}, CELL_LABELS)
     if args.output:
         check_writable(args.output)
 
@@ -309,27 +317,22 @@ def cmd_maxframes(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from bench.compare import parse_percent
     from bench.gpus import resolve
     from bench.predict import predict, summary
     from bench.records import append_record, check_writable
-    from bench.spec import make_spec, parse_bytes
+    from bench.spec import make_spec
 
     values = {"frames": 64, "device": "cuda", **_cell_values(args)}
     target = "cpu" if values["device"] == "cpu" else "gpu"
     if args.mamba_kernels not in ("mamba-ssm", "torch"):
         raise UserError(f"unknown --mamba-kernels {args.mamba_kernels!r}; valid: mamba-ssm, torch")
-    if args.limit <= 0 or not 0 <= args.precision < 1:
-        raise UserError("--limit must be positive and --precision in [0, 1)")
-    if args.serve_batch is not None and args.serve_batch <= 0:
-        raise UserError(f"--serve-batch must be positive, got {args.serve_batch}")
-    spec = make_spec(values)
+    spec = make_spec(values, CELL_LABELS)
     gpu = resolve(args.gpu, args.gpu_memory, args.gpu_tflops, args.gpu_bandwidth) if target == "gpu" else None
     if args.output:
         check_writable(args.output)
     record = predict(spec, gpu, target=target, mamba=args.mamba_kernels,
-                     context_margin=parse_bytes(args.context_margin),
-                     allocator_margin=parse_percent(args.allocator_margin), max_frames=not args.no_max_frames,
+                     context_margin=args.context_margin,
+                     allocator_margin=args.allocator_margin, max_frames=not args.no_max_frames,
                      limit=args.limit, precision=args.precision, serve_batch=args.serve_batch)
     if args.output:
         append_record(args.output, record)
@@ -344,11 +347,7 @@ def cmd_eval(args) -> int:
     values = {"vision": "siglip", "frames": 16, "warmup": 0, "repeats": 1, **_cell_values(args)}
     if not values.get("task") or values["task"] == "synthetic":
         raise UserError("eval needs --task (videomme, charades, vdc, vniah)")
-    if args.limit is not None and args.limit <= 0:
-        raise UserError(f"--limit must be positive, got {args.limit}")
-    if args.fps is not None and args.fps <= 0:
-        raise UserError(f"--fps must be positive, got {args.fps}")
-    spec = make_spec(values)
+    spec = make_spec(values, CELL_LABELS)
     data = args.data
     if data is None:
         from tasks import TASKS
@@ -367,15 +366,9 @@ def cmd_eval(args) -> int:
 def cmd_train(args) -> int:
     from bench.train import TrainSettings, train
 
-    try:
-        lengths = tuple(int(x) for x in _split(args.lengths))
-    except ValueError:
-        raise UserError(f"--lengths must be frame counts separated by commas, got {args.lengths!r}") from None
-    if not lengths or min(lengths) < 1:
-        raise UserError(f"--lengths must be positive frame counts, got {args.lengths!r}")
     settings = TrainSettings(arch=args.arch, output=args.output, preset=args.preset, checkpoint=args.checkpoint,
                              train=args.train, compressor=args.compressor, task=args.task, seed=args.seed,
-                             steps=args.steps, batch=args.batch, lr=args.lr, lengths=lengths,
+                             steps=args.steps, batch=args.batch, lr=args.lr, lengths=args.lengths,
                              tokens_per_frame=args.tokens_per_frame, save_every=args.save_every)
     print(json.dumps(train(settings, progress=not args.no_progress)))
     return 0
@@ -398,13 +391,11 @@ def cmd_score(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    if not args.accuracy_tolerance >= 0:
-        raise UserError(f"--accuracy-tolerance must be >= 0 points, got {args.accuracy_tolerance}")
-    from bench.compare import compare, parse_percent, parse_reference, render_rows
+    from bench.compare import compare, parse_reference, render_rows
     from bench.records import iter_records
 
     rows = compare(list(iter_records(args.new)), list(iter_records(args.baseline)),
-                   tolerance=parse_percent(args.tolerance), memory_tolerance=parse_percent(args.memory_tolerance),
+                   tolerance=args.tolerance, memory_tolerance=args.memory_tolerance,
                    reference=parse_reference(args.reference), accuracy_tolerance=args.accuracy_tolerance)
     bad = [r for r in rows if r.verdict == "REGRESSION"]
     print(render_rows(bad if args.only_regressions else rows))
@@ -416,11 +407,10 @@ def cmd_compare(args) -> int:
 
 def cmd_ab(args) -> int:
     from bench.ab import render, run_ab
-    from bench.compare import parse_percent
 
     if not 0 < args.alpha < 1:
         raise UserError(f"--alpha must be between 0 and 1, got {args.alpha}")
-    verdicts = run_ab(args.base, args.head, args.matrix, args.pairs, parse_percent(args.tolerance), args.alpha,
+    verdicts = run_ab(args.base, args.head, args.matrix, args.pairs, args.tolerance, args.alpha,
                       output=args.output, log=lambda line: print(line, file=sys.stderr, flush=True))
     bad = [v for v in verdicts if v.verdict == "REGRESSION"]
     print(render(bad if args.only_regressions else verdicts))
@@ -434,7 +424,6 @@ def cmd_ab(args) -> int:
 
 def cmd_history(args) -> int:
     from bench import history
-    from bench.compare import parse_percent
     from bench.records import iter_records
 
     if args.action == "add":
@@ -442,7 +431,7 @@ def cmd_history(args) -> int:
         n = history.add(records, args.store, commit=args.commit, date=args.date, source=", ".join(args.files))
         print(f"{n} points added to {args.store or history.default_store()}")
         return 0
-    found = history.series(args.store, metric=args.metric, cell=args.cell, threshold=parse_percent(args.threshold))
+    found = history.series(args.store, metric=args.metric, cell=args.cell, threshold=args.threshold)
     if not found:
         raise UserError("no series match" + (f" --metric {args.metric}" if args.metric else "")
                         + (f" --cell {args.cell}" if args.cell else ""))
@@ -512,7 +501,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["lm-eval"]:  # every later flag is lm-eval's own: no parsing here
         args = argparse.Namespace(command="lm-eval", args=argv[1:])
     else:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help (0), or argparse's one error line (2)
+            return exc.code
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:

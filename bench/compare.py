@@ -52,17 +52,6 @@ WORK_STAGES = ("vision", "prefill", "decode_per_token")
 WORK_COUNTERS = ("ops", "alloc_bytes", "host_syncs", "kernels")
 
 
-def parse_percent(text: str | float) -> float:
-    """``"10%"`` or ``0.1`` -> 0.1."""
-    try:
-        value = float(str(text).strip().rstrip("%")) / (100 if str(text).strip().endswith("%") else 1)
-    except ValueError:
-        raise UserError(f"malformed tolerance {text!r}: expected e.g. 10% or 0.1") from None
-    if not 0 <= value < 10:
-        raise UserError(f"tolerance out of range: {text!r}")
-    return value
-
-
 def parse_reference(text: str | None) -> dict[str, str]:
     if not text:
         return {}

@@ -75,9 +75,10 @@ def _kl(ref_first: torch.Tensor, first: torch.Tensor) -> float:
     return float((log_p.exp() * (log_p - log_q)).sum())
 
 
-def _own_layout_doc(bb, compressor, reference, frames, prompt: str, max_new: int, tok, chunk, timer, *,
+def _own_layout_doc(bb, compressor, reference, clip, prompt: str, max_new: int, tok, chunk, timer, *,
                     vision_side, seed: int, tokens_per_frame: int):
     """The own layout: vision side (or random vision embeddings), then [BOS][video][chat-templated prompt]."""
+    frames = clip.frames
     with torch.inference_mode():
         with timer.stage("vision_s"):
             compressor.reset()
@@ -99,15 +100,16 @@ def _own_layout_doc(bb, compressor, reference, frames, prompt: str, max_new: int
     return ids, first, kept, 1 + tokens.shape[1] * tokens.shape[2] + len(prompt_ids), ref
 
 
-def _video_llm_doc(bb, compressor, reference, frames, prompt: str, max_new: int, tok, chunk, timer, **_):
-    """A real video LLM: the checkpoint's chat template and processor, then the one generate loop."""
+def _video_llm_doc(bb, compressor, reference, clip, prompt: str, max_new: int, tok, chunk, timer, **_):
+    """A real video LLM: the checkpoint's chat template and processor (told where in the video the sampled
+    frames are: their indices and the video's frame rate), then the one generate loop."""
     from bench.generate import generate
 
     with torch.inference_mode():
         with timer.stage("vision_s"):
             compressor.reset()
             compressor.new_video()
-            inputs = bb.processor_inputs(frames, prompt)
+            inputs = bb.processor_inputs(clip, prompt)
             encoded = bb.encode(inputs, compressor)
         gen = generate(bb, max_new_tokens=max_new, eos_id=tok.eos_id, compressor=compressor, state=encoded.state,
                        chunk=chunk, timer=timer)
@@ -151,11 +153,11 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
                     video = Path(data_dir) / video
                 # a real video LLM's processor resizes the frames itself
                 size = None if bb.takes_frames else vision_side.image_size if vision_side is not None else 32
-                frames, _ = (load_frames(video, fps=fps, max_frames=spec.frames, size=size) if fps
-                             else load_frames(video, frames=spec.frames, size=size))
+                clip = (load_frames(video, fps=fps, max_frames=spec.frames, size=size) if fps
+                        else load_frames(video, frames=spec.frames, size=size))
             max_new = task.max_new_tokens_for(doc) if hasattr(task, "max_new_tokens_for") else task.max_new_tokens
             run_doc = _video_llm_doc if bb.takes_frames else _own_layout_doc
-            ids, first, kept, tokens_in, ref = run_doc(bb, compressor, reference, frames, doc.prompt, max_new, tok,
+            ids, first, kept, tokens_in, ref = run_doc(bb, compressor, reference, clip, doc.prompt, max_new, tok,
                                                        spec.prefill_chunk, timer, vision_side=vision_side,
                                                        seed=spec.seed + k, tokens_per_frame=spec.tokens_per_frame)
             entry["output"] = tok.decode(ids)

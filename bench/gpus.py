@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from bench.errors import UserError
-from bench.spec import parse_bytes
 
 GB, TB = 10**9, 10**12
 
@@ -21,10 +20,18 @@ class GPU:
     memory_bytes: int  # device memory (spec sheet capacity)
     bf16_tflops: float  # dense bf16 tensor-core peak, TFLOP/s
     bandwidth: float  # memory bandwidth, bytes/s
+    overridden: tuple[str, ...] = ()  # the fields given on the command line instead of the spec sheet's
+
+    @property
+    def source(self) -> str:
+        """Where the numbers come from: ``spec sheet``, ``memory as given, the rest spec sheet``, ``as given``."""
+        if self.name == "custom" or len(self.overridden) == 3:
+            return "as given"
+        return f"{', '.join(self.overridden)} as given, the rest spec sheet" if self.overridden else "spec sheet"
 
     def to_dict(self) -> dict:
         return {"name": self.name, "memory_bytes": self.memory_bytes, "bf16_tflops": self.bf16_tflops,
-                "bandwidth_bytes_s": self.bandwidth, "source": "spec sheet unless overridden"}
+                "bandwidth_bytes_s": self.bandwidth, "source": self.source, "overridden": list(self.overridden)}
 
 
 GPUS: dict[str, GPU] = {
@@ -40,42 +47,22 @@ ALIASES = {"h100": "h100-80gb", "h100-sxm": "h100-80gb", "h100-pcie": "h100-80gb
            "4090": "rtx-4090", "rtx4090": "rtx-4090", "h200-141gb": "h200"}
 
 
-def _positive(text: str, flag: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise UserError(f"{flag} must be a number, got {text!r}") from None
-    if value <= 0:
-        raise UserError(f"{flag} must be positive, got {text!r}")
-    return value
-
-
-def parse_bandwidth(text: str) -> float:
-    """``"3.35TB/s"``, ``"900GB/s"`` or bytes/s."""
-    t = str(text).strip().lower().removesuffix("/s")
-    for unit, scale in (("tb", TB), ("gb", GB)):
-        if t.endswith(unit):
-            return _positive(t[: -len(unit)], "--gpu-bandwidth") * scale
-    return _positive(t, "--gpu-bandwidth")
-
-
-def resolve(name: str | None, memory: str | None = None, tflops: str | None = None,
-            bandwidth: str | None = None) -> GPU:
-    """The named GPU with overrides; ``custom`` needs all three overrides."""
-    key = (name or "h100-80gb").strip().lower()
+def resolve(name: str | None, memory: int | None = None, tflops: float | None = None,
+            bandwidth: float | None = None) -> GPU:
+    """The named GPU (``None``: the default, h100-80gb) with overrides, already parsed by the flags
+    (bench.flags: bytes, TFLOP/s, bytes/s); ``custom`` needs all three overrides."""
+    key = "h100-80gb" if name is None else name.strip().lower()
     key = ALIASES.get(key, key)
     if key == "custom":
-        if not (memory and tflops and bandwidth):
+        if memory is None or tflops is None or bandwidth is None:
             raise UserError("--gpu custom needs --gpu-memory, --gpu-tflops and --gpu-bandwidth")
         gpu = GPU("custom", 1, 1.0, 1.0)
     elif key in GPUS:
         gpu = GPUS[key]
     else:
         raise UserError(f"unknown GPU {name!r}; valid: {', '.join(GPUS)}, custom")
-    if memory is not None:
-        gpu = replace(gpu, memory_bytes=parse_bytes(memory))
-    if tflops is not None:
-        gpu = replace(gpu, bf16_tflops=_positive(tflops, "--gpu-tflops"))
-    if bandwidth is not None:
-        gpu = replace(gpu, bandwidth=parse_bandwidth(bandwidth))
-    return gpu
+    given = {"memory": memory, "TFLOP/s": tflops, "bandwidth": bandwidth}
+    return replace(gpu, memory_bytes=memory if memory is not None else gpu.memory_bytes,
+                   bf16_tflops=tflops if tflops is not None else gpu.bf16_tflops,
+                   bandwidth=bandwidth if bandwidth is not None else gpu.bandwidth,
+                   overridden=tuple(k for k, v in given.items() if v is not None))

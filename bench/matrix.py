@@ -41,13 +41,14 @@ def split_values(key: str, text) -> list:
     return specs
 
 
-def expand(axes: dict[str, list]) -> list[CellSpec]:
-    """Cartesian product in the order the axes are given; every cell validated."""
+def expand(axes: dict[str, list], labels: dict[str, str] | None = None) -> list[CellSpec]:
+    """Cartesian product in the order the axes are given; every cell validated (``make_spec``: types and
+    domains of every value, before anything runs); ``labels`` names the flags axes came from."""
     for key, values in axes.items():
         if not values:
             raise UserError(f"empty list for {key}")
     names = list(axes)
-    cells = [make_spec(dict(zip(names, combo))) for combo in itertools.product(*(axes[n] for n in names))]
+    cells = [make_spec(dict(zip(names, combo)), labels) for combo in itertools.product(*(axes[n] for n in names))]
     seen, unique = set(), []
     for cell in cells:
         if cell.key() not in seen:
@@ -70,6 +71,9 @@ def axes_from_toml(path: str, overrides: dict[str, object] | None = None) -> dic
             data = tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"matrix file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"malformed matrix file {path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                        f"offset {exc.start})") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"malformed matrix file {path}: {exc}") from None
     data.pop("output", None)

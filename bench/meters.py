@@ -1,7 +1,12 @@
 """Clocks and memory meters. The device is synchronised before every clock read.
 
 Memory on CUDA: torch's peak allocated/reserved bytes, and NVML's device-used bytes sampled
-by a background thread through the pass (with the energy drawn, where NVML counts it).
+by a background thread through the pass (with the energy drawn, where NVML counts it). The NVML
+device is found by index or by UUID (``CUDA_VISIBLE_DEVICES=GPU-...`` or ``MIG-...``, as MIG and
+SLURM set it); where NVML cannot resolve it, device-used bytes come from
+``torch.cuda.device_memory_used`` and there is no energy. A meter that is unavailable is said once
+on stderr, and the record's ``metrics.memory`` names the meters used (``device_used_meter``,
+``energy_meter``).
 Memory on CPU: the process's peak resident set (Linux VmHWM, reset per measurement
 through /proc/self/clear_refs) above a baseline taken before the model is built, so
 that a number means what it means on a GPU: what weights, activations and caches take.
@@ -12,9 +17,11 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import sys
 import threading
 import time
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 
@@ -131,19 +138,24 @@ class NvmlSampler:
     """Device-used bytes sampled by a background thread between ``start`` and ``stop`` (a peak, not two
     snapshots), and the energy the device drew meanwhile where NVML has its total-energy counter."""
 
-    def __init__(self, handle, interval: float = 0.005):
-        self.handle, self.interval = handle, interval
+    def __init__(self, handle, interval: float = 0.005, used: Callable[[], int] | None = None):
+        """``handle``: an NVML device handle; or None and ``used``, a reader of device-used bytes (no energy)."""
+        self.handle, self.interval, self._read_used = handle, interval, used
         self.peak = 0
         self._energy_mj: int | None = None
         self.energy_j: float | None = None
         self._stop: threading.Event | None = None
 
     def _used(self) -> int:
+        if self.handle is None:
+            return self._read_used()
         import pynvml
 
         return pynvml.nvmlDeviceGetMemoryInfo(self.handle).used
 
     def _energy(self) -> int | None:
+        if self.handle is None:
+            return None
         import pynvml
 
         try:
@@ -182,13 +194,13 @@ class MemoryMeter:
         self.baseline: int | None = None  # set by set_baseline()
         self._rss = None if self.cuda else _RssPeak()
         self._nvml: NvmlSampler | None = None
+        self.meters: dict[str, str] = {}  # cuda: which device-used and energy meters this measurement has
 
     def set_baseline(self) -> None:
         if self.cuda:
             torch.cuda.empty_cache()
             self.baseline = torch.cuda.memory_allocated(self.device)
-            handle = _nvml_handle(self.device)
-            self._nvml = NvmlSampler(handle) if handle is not None else None
+            self._nvml, self.meters = device_sampler(self.device)
         else:
             release_free_memory()
             self.baseline = rss_bytes()
@@ -221,26 +233,79 @@ class MemoryMeter:
             return {"peak_mem_bytes": max(0, allocated - self.baseline), "torch_peak_allocated_bytes": allocated,
                     "torch_peak_reserved_bytes": torch.cuda.max_memory_reserved(self.device),
                     "nvml_used_bytes": (nvml.peak or None) if nvml else None,
-                    "energy_j": nvml.energy_j if nvml else None, "kind": "cuda"}
+                    "energy_j": nvml.energy_j if nvml else None, "kind": "cuda", **self.meters}
         peak = self._rss.peak()
         return {"peak_mem_bytes": max(0, peak - self.baseline), "rss_peak_bytes": peak,
                 "rss_baseline_bytes": self.baseline, "kind": "rss"}
 
 
-def _nvml_handle(device: str):
-    """NVML handle of the torch device (None when NVML is unavailable)."""
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """One stderr line per distinct message and process: a meter that is missing is said, not an error."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"viperbench: warning: {message}", file=sys.stderr, flush=True)
+
+
+def device_sampler(device: str) -> tuple[NvmlSampler | None, dict[str, str]]:
+    """The device-used sampler of a CUDA device and the names of its meters; a missing meter is warned once."""
+    handle, why = nvml_handle(device)
+    if handle is not None:
+        return NvmlSampler(handle), {"device_used_meter": "nvml", "energy_meter": "nvml"}
+    try:
+        torch.cuda.device_memory_used(device)  # resolves CUDA_VISIBLE_DEVICES itself (GPU UUIDs too, not MIG)
+    except Exception as exc:  # noqa: BLE001 - any failure means: no device-used meter, said below
+        warn_once(f"no device-used memory or energy meter for {device} ({why}; torch.cuda.device_memory_used: "
+                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): memory is torch's peak only")
+        return None, {"device_used_meter": f"unavailable: {why}", "energy_meter": f"unavailable: {why}"}
+    warn_once(f"no NVML device for {device} ({why}): device-used memory from torch.cuda.device_memory_used, "
+              "no energy")
+    return (NvmlSampler(None, used=lambda: torch.cuda.device_memory_used(device)),
+            {"device_used_meter": "torch.cuda.device_memory_used", "energy_meter": f"unavailable: {why}"})
+
+
+def nvml_handle(device: str):
+    """(NVML handle of the torch device, None) or (None, why not). ``CUDA_VISIBLE_DEVICES`` may list
+    indices, GPU UUIDs (``GPU-...``, or a unique prefix of one, as CUDA accepts) or MIG UUIDs (``MIG-...``)."""
     try:
         import pynvml
-
+    except ImportError:
+        return None, "pynvml is not installed"
+    try:
         pynvml.nvmlInit()
         index = torch.device(device).index
         index = torch.cuda.current_device() if index is None else index
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if visible:
-            index = int(visible.split(",")[index])
-        return pynvml.nvmlDeviceGetHandleByIndex(index)
-    except Exception:
-        return None
+        visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        if not visible:
+            return pynvml.nvmlDeviceGetHandleByIndex(index), None
+        if index >= len(visible):
+            return None, f"device {index} is not in CUDA_VISIBLE_DEVICES={','.join(visible)}"
+        entry = visible[index]
+        if entry.isdigit():
+            return pynvml.nvmlDeviceGetHandleByIndex(int(entry)), None
+        handle = _handle_by_uuid(pynvml, entry)
+        return (handle, None) if handle is not None else (None, f"NVML has no device with UUID {entry}")
+    except pynvml.NVMLError as exc:
+        return None, f"NVML: {exc}"
+
+
+def _handle_by_uuid(pynvml, entry: str):
+    """The handle of a full GPU or MIG UUID, or of the one GPU whose UUID starts with ``entry``; None if none."""
+    try:
+        return pynvml.nvmlDeviceGetHandleByUUID(entry)
+    except pynvml.NVMLError:
+        if entry.startswith("MIG-"):
+            return None
+    prefix = entry if entry.startswith("GPU-") else f"GPU-{entry}"
+    matches = []
+    for i in range(pynvml.nvmlDeviceGetCount()):
+        handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+        uuid = pynvml.nvmlDeviceGetUUID(handle)
+        if (uuid.decode() if isinstance(uuid, bytes) else uuid).startswith(prefix):
+            matches.append(handle)
+    return matches[0] if len(matches) == 1 else None
 
 
 class BudgetWatchdog:

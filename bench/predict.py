@@ -239,7 +239,7 @@ def summary(record: dict) -> str:
     p = m["predicted_parts"]
     gpu = m.get("gpu")
     where = (f"{gpu['name']} ({_gib(gpu['memory_bytes'])}, {gpu['bf16_tflops']:g} TFLOP/s bf16 dense, "
-             f"{gpu['bandwidth_bytes_s'] / 1e12:g} TB/s; spec sheet)" if gpu else "CPU")
+             f"{gpu['bandwidth_bytes_s'] / 1e12:g} TB/s; {gpu['source']})" if gpu else "CPU")
     lines = [
         f"{s['arch']}/{s['checkpoint'] or s['preset']} {s['compressor']}, {s['frames']} frames x "
         f"{s['tokens_per_frame']} tokens ({m['input_tokens']} input tokens, {m['tokens_after_compression']} after "

@@ -2,6 +2,8 @@
 
 A process killed mid-write can leave a partial last line; readers skip it with a
 warning, and the next append starts on a fresh line so the damage never spreads.
+A line that is valid JSON but not a record's shape (``"spec": null``, ``"metrics": "oops"``,
+a list) is skipped the same way, with a warning naming the file, the line and what is wrong.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from typing import Any, Iterator
 from bench.errors import UserError
 
 SCHEMA = 1
+STATUSES = ("ok", "oom", "error")
+# the metrics of the record contract (DESIGN.md) that readers compute with: numbers (or null)
+NUMERIC_METRICS = ("input_tokens", "vision_tokens", "tokens_after_compression", "prefill_s", "prefill_tok_s",
+                   "ttft_s", "decode_s", "decode_tok_s", "e2e_tok_s", "peak_mem_bytes")
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
 
 
 @lru_cache(maxsize=None)
@@ -100,8 +108,40 @@ def append_record(path: str | os.PathLike, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def shape_problem(record: Any) -> str | None:
+    """What makes ``record`` not a record (the shape every reader relies on), or None."""
+    if not isinstance(record, dict):
+        return f"the line is {_json_type(record)}, not an object"
+    if record.get("status") not in STATUSES:
+        got = "missing" if "status" not in record else f"{record['status']!r}"
+        return f"status is {got}, expected one of {', '.join(STATUSES)}"
+    spec = record.get("spec")
+    if not isinstance(spec, dict):
+        return f"spec is {'missing' if 'spec' not in record else _json_type(spec)}, expected an object"
+    for key, value in spec.items():
+        if isinstance(value, (dict, list)):
+            return f"spec.{key} is {_json_type(value)}, expected a string, number, boolean or null"
+    for key in ("metrics", "env", "task"):
+        if key in record and not isinstance(record[key], dict):
+            return f"{key} is {_json_type(record[key])}, expected an object"
+    for key in NUMERIC_METRICS:
+        value = record.get("metrics", {}).get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"metrics.{key} is {_json_type(value)}, expected a number or null"
+    if "metrics" in record.get("task", {}) and not isinstance(record["task"]["metrics"], dict):
+        return f"task.metrics is {_json_type(record['task']['metrics'])}, expected an object"
+    if record.get("error") is not None and not isinstance(record["error"], str):
+        return f"error is {_json_type(record['error'])}, expected a string or null"
+    return None
+
+
 def iter_records(path: str | os.PathLike, *, warn: bool = True) -> Iterator[dict]:
-    """Records of a JSONL file; unparsable lines (e.g. cut by a crash) are skipped with a warning."""
+    """Records of a JSONL file; unparsable lines (e.g. cut by a crash) and lines that are not a record's
+    shape (``shape_problem``) are skipped with a warning naming the file and the line."""
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:
@@ -116,15 +156,19 @@ def iter_records(path: str | os.PathLike, *, warn: bool = True) -> Iterator[dict
             if warn:
                 print(f"warning: {path}:{n}: skipping a line that is not valid JSON", file=sys.stderr)
             continue
-        if isinstance(record, dict):
-            yield record
+        problem = shape_problem(record)
+        if problem:
+            if warn:
+                print(f"warning: {path}:{n}: skipping a line that is not a record: {problem}", file=sys.stderr)
+            continue
+        yield record
 
 
 def finished_keys(path: str | os.PathLike) -> set[tuple]:
     """Spec keys of cells already measured (status ok or oom) in ``path``; errors are re-run."""
     if not Path(path).exists():
         return set()
-    return {spec_key(r["spec"]) for r in iter_records(path) if r.get("status") in ("ok", "oom") and "spec" in r}
+    return {spec_key(r["spec"]) for r in iter_records(path) if r["status"] in ("ok", "oom")}
 
 
 def spec_key(spec: dict) -> tuple:

@@ -93,19 +93,25 @@ def synthetic_prompt(n: int) -> str:
 
 
 def one_pass_video_llm(spec: CellSpec, model: Model, request, timer) -> dict:
-    """A real video LLM: frames -> its processor and vision code (vision_s) -> the one generate loop."""
+    """A real video LLM: frames -> its processor and vision code (vision_s) -> the one generate loop.
+
+    Synthetic frames are a whole video of ``--frames`` frames at 1 fps (what the processor's timestamps say)."""
+    from tasks.video import Clip
+
     bb, compressor = model.backbone, model.compressor
     compressor.reset()
     with torch.inference_mode():
         with timer.stage("decode_video_s"):
-            frames = request.frames[0]
+            clip = Clip.consecutive(request.frames[0])
         with timer.stage("vision_s"):
             compressor.new_video()
-            prompt = bb.prompt(frames, synthetic_prompt(spec.prompt_tokens), compressor)
+            prompt = bb.prompt(clip, synthetic_prompt(spec.prompt_tokens), compressor)
         cache: dict = {}
         kept = generate(bb, max_new_tokens=spec.new_tokens + 1, compressor=compressor, state=prompt.state,
                         chunk=spec.prefill_chunk, timer=timer, after_prefill=_read_cache(cache)).kept
-    return _metrics(spec, timer, prompt.input_ids.shape[1], prompt.vision_tokens, kept, compressor, cache)
+    metrics = _metrics(spec, timer, prompt.input_ids.shape[1], prompt.vision_tokens, kept, compressor, cache)
+    metrics["checkpoint_pruned_tokens"] = prompt.checkpoint_pruned  # before the LLM, not in vision_tokens
+    return metrics
 
 
 def _read_cache(into: dict):

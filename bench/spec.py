@@ -6,31 +6,11 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from bench import flags
 from bench.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
 VISIONS = ("synthetic", "siglip")
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str | int | None) -> int | None:
-    """``"8GiB"``, ``"512MiB"``, ``"1.5GB"`` or a plain number of bytes."""
-    if text is None:
-        return None
-    if isinstance(text, bool) or not isinstance(text, (int, str)):
-        raise UserError(f"malformed memory size {text!r}: expected e.g. 512MiB, 8GiB, 2GB")
-    if isinstance(text, int):
-        if text <= 0:
-            raise UserError(f"memory size must be positive: {text!r}")
-        return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise UserError(f"malformed memory size {text!r}: expected e.g. 512MiB, 8GiB, 2GB")
-    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    if value <= 0:
-        raise UserError(f"memory size must be positive: {text!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -74,32 +54,48 @@ class CellSpec:
 
 
 FIELDS = {f.name: f for f in fields(CellSpec)}
-_INT_FIELDS = ("frames", "tokens_per_frame", "prompt_tokens", "new_tokens", "batch", "prefill_chunk",
-               "warmup", "repeats", "seed", "memory_budget")
+TEXT = ("arch", "preset", "checkpoint", "compressor", "vision", "device", "dtype", "task")
+# the domain of every numeric setting: the same parsers as the numeric flags (bench.flags)
+NUMBERS = {"frames": flags.positive_int, "tokens_per_frame": flags.positive_int,
+           "prompt_tokens": flags.positive_int, "new_tokens": flags.positive_int, "batch": flags.positive_int,
+           "prefill_chunk": flags.positive_int, "memory_budget": flags.positive_size,
+           "warmup": flags.nonnegative_int, "repeats": flags.positive_int, "seed": flags.seed}
+OPTIONAL = ("arch", "preset", "checkpoint", "dtype", "prefill_chunk", "memory_budget")  # may be None
+assert set(TEXT) | set(NUMBERS) == set(FIELDS)
 
 
-def make_spec(values: dict[str, Any]) -> CellSpec:
-    """Build and validate a CellSpec from loosely typed values (CLI strings, TOML)."""
+def typed(name: str, value: Any, label: str | None = None) -> Any:
+    """One setting, checked for type and domain: the one place every cell value (flag, TOML, JSON) passes.
+    ``label`` is how the user wrote the setting (``--frames``); the field name by default."""
+    label = label or name
+    if value is None and name in OPTIONAL:
+        return None
+    if name in NUMBERS:
+        try:
+            return NUMBERS[name].parse(value)
+        except flags.BadValue as exc:
+            raise UserError(f"{label}: {exc}") from None
+    if not isinstance(value, str):
+        raise UserError(f"{label}: expected a string, got {flags.describe(value)}")
+    return value
+
+
+def make_spec(values: dict[str, Any], labels: dict[str, str] | None = None) -> CellSpec:
+    """Build and validate a CellSpec from loosely typed values (CLI strings, TOML, JSON).
+
+    Every value's type and domain is checked first (``typed``), before any plugin sees it;
+    ``labels`` maps settings to the flags they came from, for the error line."""
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise UserError(f"unknown cell setting {unknown[0]!r}; valid: {', '.join(FIELDS)}")
-    v = dict(values)
+    labels = labels or {}
+    v = {name: typed(name, value, labels.get(name)) for name, value in values.items()}
     if (not v.get("arch") or v.get("arch") == "auto") and v.get("checkpoint"):
         from architectures.families import detect
 
         v["arch"] = detect(v["checkpoint"])  # from config.json's model_type
     if "arch" not in v or not v["arch"]:
         raise UserError("a cell needs an arch (--arch, or --checkpoint to detect it)")
-    if v.get("memory_budget") is not None:
-        v["memory_budget"] = parse_bytes(v["memory_budget"])
-    for name in _INT_FIELDS:
-        if isinstance(v.get(name), bool):
-            raise UserError(f"{name} must be an integer, got {v[name]!r}")
-        if v.get(name) is not None and not isinstance(v[name], int):
-            try:
-                v[name] = int(str(v[name]))
-            except ValueError:
-                raise UserError(f"{name} must be an integer, got {v[name]!r}") from None
     spec = CellSpec(**v)
     _validate(spec)
     return spec
@@ -110,13 +106,6 @@ def _validate(s: CellSpec) -> None:
     from compressors.base import make_compressor
     from tasks import TASKS
 
-    for name in ("frames", "tokens_per_frame", "prompt_tokens", "new_tokens", "batch", "repeats"):
-        if getattr(s, name) <= 0:
-            raise UserError(f"{name} must be positive, got {getattr(s, name)}")
-    if s.warmup < 0:
-        raise UserError(f"warmup must be >= 0, got {s.warmup}")
-    if s.prefill_chunk is not None and s.prefill_chunk <= 0:
-        raise UserError(f"prefill_chunk must be positive, got {s.prefill_chunk}")
     if s.vision not in VISIONS:
         raise UserError(f"unknown vision {s.vision!r}; valid: {', '.join(VISIONS)}")
     if s.dtype is not None and s.dtype not in DTYPES:

@@ -79,6 +79,11 @@ class Compressor:
         """[n, 3, H, W] consecutive frames -> [n, patches, dim] tower features."""
         return vision_side.tower_features(pixels)
 
+    # --- hooks 2 and 3: frames -------------------------------------------------------------
+    # True for compressors that regroup the vision tokens per frame ([frames, tokens per frame, hidden]):
+    # they need the same number of tokens in every frame (a backbone that prunes frames unevenly refuses them).
+    regroups_frames = False
+
     # --- hook 2: after the projector --------------------------------------------------------
     kept_slots: torch.Tensor | None = None  # [frames, k] per-frame slots the last after_projector kept, if known
 

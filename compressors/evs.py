@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bench.errors import UserError
 from compressors import register_compressor
 from compressors.base import Compressor, check_rate
 
@@ -40,6 +39,7 @@ class EVS(Compressor):
 
     name = "evs"
     params = {"p": 0.5}
+    regroups_frames = True
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -50,16 +50,11 @@ class EVS(Compressor):
 
     def before_layer(self, i: int, state, backbone, cache) -> None:
         with self.timed():
-            n = int(state.vision.sum())
-            if state.frames is None:
-                raise UserError("compressor 'evs' needs frame indices of the vision tokens")
-            vis = state.vision_index()
-            frame_of = state.frames[vis]
-            groups = int(frame_of.max()) + 1 if n else 0
-            if groups and n % groups == 0 and torch.equal(
-                    frame_of, torch.arange(groups, device=vis.device).repeat_interleave(n // groups)):
-                features = state.hidden[0, vis].reshape(groups, n // groups, -1)
+            n = state.n_vision
+            if n:  # grouped by frame index; frames of unequal size are refused, never skipped
+                ranks = state.frame_ranks(f"compressor {self.name!r}")
+                features = state.hidden[0, state.vision_index()[ranks.flatten()]].reshape(*ranks.shape, -1)
                 keep = evs_keep(features, self.p)
-                state.drop_vision(keep.nonzero().squeeze(1))
-            kept = int(state.vision.sum())
+                state.drop_vision(ranks.flatten()[keep].sort().values)
+            kept = state.n_vision
         self.record("layer", n, kept, layer=0, p=self.p)

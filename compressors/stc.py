@@ -243,6 +243,7 @@ class STCPruner(Compressor):
 
     name = "stc_pruner"
     params = {"tokens_per_frame": 8, "variant": "paper"}
+    regroups_frames = True
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -65,6 +65,7 @@ class VisionZip(Compressor):
 
     name = "visionzip"
     params = {"dominant": 6, "contextual": 2}
+    regroups_frames = True
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

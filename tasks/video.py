@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,36 @@ class VideoError(Exception):
 def _fail(path, reason) -> VideoError:
     text = " ".join(str(reason).split()) or type(reason).__name__
     return VideoError(f"cannot read video {path}: {text}")
+
+
+@dataclass
+class Clip:
+    """Sampled frames of a video and where in the video they come from.
+
+    frames: [N, 3, H, W] (float in [0, 1] or uint8); indices: the source frame index of each
+    sampled frame; fps: the source video's frame rate; total_frames: frames in the source video.
+    A video LLM's processor turns indices / fps into the timestamps it writes into the prompt.
+    """
+
+    frames: torch.Tensor
+    indices: list[int]
+    fps: float
+    total_frames: int
+    path: str | None = None
+
+    def __post_init__(self):
+        if len(self.indices) != self.frames.shape[0]:
+            raise ValueError(f"{self.frames.shape[0]} frames but {len(self.indices)} frame indices")
+
+    @property
+    def duration_s(self) -> float:
+        return self.total_frames / self.fps
+
+    @classmethod
+    def consecutive(cls, frames: torch.Tensor, fps: float = 1.0) -> "Clip":
+        """Frames that are the whole video, one after the other at ``fps`` (synthetic workloads)."""
+        n = frames.shape[0]
+        return cls(frames, list(range(n)), float(fps), n)
 
 
 def uniform_indices(count: int, n: int) -> list[int]:
@@ -39,15 +70,15 @@ def rate_indices(n: int, video_fps: float, fps: float) -> list[int]:
 
 
 def load_frames(path, *, frames: int | None = None, fps: float | None = None, max_frames: int | None = None,
-                size: int | None = None) -> tuple[torch.Tensor, dict]:
+                size: int | None = None) -> Clip:
     """Decode sampled frames of the video at ``path``.
 
     Give exactly one of ``frames`` (N frames spread uniformly over the whole video) or ``fps``
     (one frame per 1/fps seconds; when that yields more than ``max_frames``, those are subsampled
-    uniformly down to ``max_frames``). Returns a float tensor [N, 3, H, W] in [0, 1] (H = W = ``size``
-    when given, resized bilinearly with antialiasing) and an info dict with ``path``,
-    ``num_frames_video``, ``fps``, ``duration_s`` and ``indices``. Raises VideoError when the file
-    is missing, empty, has no frames or cannot be decoded.
+    uniformly down to ``max_frames``). Returns a ``Clip``: float frames [N, 3, H, W] in [0, 1]
+    (H = W = ``size`` when given, resized bilinearly with antialiasing), the sampled frame indices,
+    the video's frame rate and frame count. Raises VideoError when the file is missing, empty, has
+    no frames or cannot be decoded.
     """
     if (frames is None) == (fps is None):
         raise ValueError("give exactly one of frames or fps")
@@ -93,11 +124,4 @@ def load_frames(path, *, frames: int | None = None, fps: float | None = None, ma
     if size is not None:
         pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         pixels = pixels.clamp_(0.0, 1.0)
-    info = {
-        "path": path,
-        "num_frames_video": n,
-        "fps": video_fps,
-        "duration_s": n / video_fps,
-        "indices": indices,
-    }
-    return pixels.contiguous(), info
+    return Clip(pixels.contiguous(), list(indices), video_fps, n, path)

@@ -7,6 +7,11 @@ Tolerances, stated once (``scale`` is the largest |logit| of the reference):
   of mantissa, one ulp at unit scale is 0.4%);
 - decode after a drop == recompute of the shortened sequence: max |diff| <= 3% of scale (the cached
   step runs Mamba's recurrent form where the recompute runs its chunked scan, each rounding in bf16).
+
+The real video LLMs (``FAMILIES``: Qwen3-VL, Qwen3-VL-MoE, Nemotron-Omni, LLaVA-OneVision, tiny
+presets, 5 frames: an odd count) are held to the same four tolerances, on their processor's inputs:
+harness == the library model's own forward (vision tower, projector and text model) bit-exact, and
+so on.
 """
 
 from __future__ import annotations
@@ -84,3 +89,82 @@ def test_bf16_transv_with_zero_gates_equals_td(arch):
     tv_comp.set_gates(1.0)  # open gates run the bf16 cross-attention on the (fp32 for Mamba-2) stream
     opened, _ = prefill(bb, emb, compressor=tv_comp, vision=SPAN)
     assert torch.isfinite(opened).all() and not torch.equal(opened, td)
+
+
+# --- the real video LLMs ---------------------------------------------------------------------------
+
+from architectures.tokens import TokenState  # noqa: E402
+from tasks.video import Clip  # noqa: E402
+from test_compressors import Replay  # noqa: E402
+from test_families import FAMILIES, PROMPT, extended, frames, ready  # noqa: E402
+
+FAMILY_SPEC = "td:schedule=uni_1_0.5-attn_2_0.5"
+
+
+def family(arch):
+    """A bf16 tiny family and its processor's inputs for 5 frames."""
+    key = ("family", arch)
+    if key not in _BUILT:
+        bb = ARCHITECTURES.get(arch).build("tiny", dtype=torch.bfloat16)
+        _BUILT[key] = bb, bb.processor_inputs(Clip.consecutive(frames(5, side=bb.frame_size)), PROMPT)
+    return _BUILT[key]
+
+
+def library_logits(arch, bb, inputs):
+    """The library model's own forward (the same weights) on the processor's inputs."""
+    kwargs = dict(inputs)
+    pixels = kwargs.pop("pixel_values_videos").to(bb.dtype)
+    if arch == "nemotron_h_omni":  # as in test_families: its forward needs the features as a one-element tuple
+        features = bb.model.get_video_features(pixels)
+        features.pooler_output = (features.pooler_output,)
+        kwargs["mm_encoder_outputs"] = {"video": features}
+    else:
+        kwargs["pixel_values_videos"] = pixels
+    with torch.inference_mode():
+        return bb.model(**kwargs).logits[:, -1].float()
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_bf16_family_weights_and_library_equality(arch):
+    bb, inputs = family(arch)
+    assert {p.dtype for p in bb.model.parameters()} == {torch.bfloat16}
+    logits, _ = prefill(bb, None, state=bb.encode(inputs).state)
+    assert torch.equal(logits, library_logits(arch, bb, inputs))
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_bf16_family_chunked_prefill_equals_one_shot(arch):
+    bb, inputs = family(arch)
+    one, one_seq = prefill(bb, None, state=bb.encode(inputs).state)
+    chunked, ch_seq = prefill(bb, None, state=bb.encode(inputs).state, chunk=7)
+    assert_within(chunked, one, CHUNKED_TOL)
+    tok = one.argmax(-1, keepdim=True)
+    assert_within(decode_step(bb, tok, ch_seq), decode_step(bb, tok, one_seq), CHUNKED_TOL)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_bf16_family_decode_after_drop_equals_recompute(arch):
+    bb, inputs = family(arch)
+    comp = ready(bb, FAMILY_SPEC)
+    start = bb.encode(inputs, comp).state
+    copy = TokenState(start.hidden, start.positions, start.vision, start.frames, dict(start.per_vision))
+    logits, seq = prefill(bb, None, compressor=comp, state=copy)
+    assert comp.stages[-1]["tokens_out"] < comp.stages[0]["tokens_in"]  # it dropped
+    tokens, cached = [], [logits]
+    for _ in range(2):
+        tokens.append(cached[-1].argmax(-1, keepdim=True))
+        cached.append(decode_step(bb, tokens[-1], seq))
+    fresh, _ = prefill(bb, None, compressor=Replay(comp),
+                       state=extended(bb, start, torch.cat(tokens, 1), seq.next_position - 2))
+    assert_within(cached[2], fresh, DECODE_TOL)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_bf16_family_transv_with_zero_gates_equals_td(arch):
+    bb, inputs = family(arch)
+    schedule = FAMILY_SPEC.split("=", 1)[1]
+    td, _ = prefill(bb, None, compressor=ready(bb, f"td:schedule={schedule}"), state=bb.encode(inputs).state)
+    tv_comp = ready(bb, f"transv:schedule={schedule},init=nearest_attn")
+    assert {p.dtype for p in tv_comp.cross.parameters()} == {torch.bfloat16}
+    tv, _ = prefill(bb, None, compressor=tv_comp, state=bb.encode(inputs).state)
+    assert torch.equal(td, tv)

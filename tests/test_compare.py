@@ -9,8 +9,9 @@ import pytest
 
 from bench import paper_tables
 from bench.cli import main
-from bench.compare import compare, parse_percent, parse_reference, relative_timing
+from bench.compare import compare, parse_reference, relative_timing
 from bench.errors import UserError
+from bench.flags import percent
 
 ARCHS = {"transformer": 1000.0, "mamba": 400.0, "hybrid": 800.0}  # prefill tok/s
 
@@ -113,7 +114,7 @@ def test_cli_exit_codes(tmp_path, capsys):
 
 
 def test_parsers():
-    assert parse_percent("10%") == pytest.approx(0.1) and parse_percent("0.25") == 0.25
+    assert percent("10%") == pytest.approx(0.1) and percent("0.25") == 0.25
     assert parse_reference("arch=transformer,frames=64") == {"arch": "transformer", "frames": "64"}
     with pytest.raises(UserError):
         parse_reference("arch")

@@ -276,3 +276,51 @@ def test_parse_schedule():
     stages = parse_schedule("td", "uni_7_0.5-attn_39_0.9")
     assert [(s.kind, s.layer, s.p) for s in stages] == [("uni", 7, 0.5), ("attn", 39, 0.9)]
     assert str(stages[1]) == "attn_39_0.9"
+
+
+# --- issue 15, item 22: EVS groups the vision tokens by their frame index, and refuses uneven frames -------
+
+from architectures.tokens import TokenState  # noqa: E402
+from compressors.evs import evs_keep  # noqa: E402
+
+
+def frame_state(frame_ids, frames_known=True, hidden=8, seed=0):
+    """[text, vision tokens of the frames ``frame_ids`` in this order, text, text]."""
+    n, length = len(frame_ids), len(frame_ids) + 3
+    states = torch.randn(1, length, hidden, generator=torch.Generator().manual_seed(seed))
+    vision = torch.zeros(length, dtype=torch.bool)
+    vision[1:1 + n] = True
+    frames = torch.full((length,), -1)
+    frames[1:1 + n] = torch.tensor(frame_ids)
+    return TokenState(states, torch.arange(length), vision, frames if frames_known else None)
+
+
+@pytest.mark.parametrize("frame_ids", [[0] * 4 + [1] * 4 + [2] * 4, [0, 1, 2] * 4, [2, 0, 1] * 3, [0, 0, 3, 3, 5, 5]],
+                         ids=["contiguous", "interleaved", "out_of_order", "frames_missing"])
+def test_evs_groups_by_frame_index(frame_ids):
+    state = frame_state(frame_ids)
+    ids = torch.tensor(frame_ids)
+    seq = torch.arange(1, 1 + len(frame_ids))
+    groups = [seq[ids == f] for f in sorted(set(frame_ids))]  # each frame's tokens, in sequence order
+    keep = evs_keep(torch.stack([state.hidden[0, g] for g in groups]), 0.5)
+    expected = torch.cat(groups)[keep].sort().values
+    before = state.hidden.clone()
+    comp = make_compressor("evs:p=0.5")
+    comp.before_layer(0, state, None, None)
+    assert torch.equal(state.hidden[0, state.vision], before[0, expected])
+    kept_frames = torch.tensor(frame_ids)[expected - 1]  # every kept token keeps its own frame
+    assert torch.equal(state.frames[state.vision], kept_frames)
+    assert comp.stages[0]["tokens_in"] == len(frame_ids) and comp.stages[0]["tokens_out"] == len(kept_frames)
+
+
+@pytest.mark.parametrize("frame_ids, known, needle", [
+    ([0, 0, 0, 0, 1, 1, 2, 3], True, "frames hold 4, 2, 1, 1"),  # a checkpoint's own EVS, uneven per patch
+    ([0, 0, 1], True, "frames hold 2, 1"),
+    ([0, 1, 1, 2, 2, 2], True, "frames hold 1, 2, 3"),
+    ([0, 0, 1, 1], False, "needs frame indices"),
+])
+def test_evs_refuses_frames_it_cannot_pair_instead_of_skipping(frame_ids, known, needle):
+    comp = make_compressor("evs:p=0.5")
+    with pytest.raises(UserError, match=needle) as err:
+        comp.before_layer(0, frame_state(frame_ids, known), None, None)
+    assert "compressor 'evs'" in str(err.value) and "\n" not in str(err.value)

@@ -14,6 +14,7 @@ import torch
 from architectures import ARCHITECTURES
 from architectures.families.offline import write_checkpoint
 from bench.pipeline import decode_step, prefill
+from tasks.video import Clip
 
 FAMILIES = ["qwen3_vl", "qwen3_vl_moe", "nemotron_h_omni", "llava_onevision"]
 PROMPT = "what happens in the video ?"
@@ -61,7 +62,7 @@ def loaded(checkpoints):
     out = {}
     for arch, path in checkpoints.items():
         bb = ARCHITECTURES.get(arch).build(checkpoint=path)
-        out[arch] = (bb, library_model(arch, path), bb.processor_inputs(frames(), PROMPT))
+        out[arch] = (bb, library_model(arch, path), bb.processor_inputs(Clip.consecutive(frames()), PROMPT))
     return out
 
 
@@ -201,7 +202,7 @@ def test_evs_equals_the_library_pruning_on_nemotron_omni(checkpoints):
     path = checkpoints["nemotron_h_omni"]
     bb = ARCHITECTURES.get("nemotron_h_omni").build(checkpoint=path)
     lib = library_model("nemotron_h_omni", path, video_pruning_rate=0.5)
-    inputs = bb.processor_inputs(frames(8), PROMPT)
+    inputs = bb.processor_inputs(Clip.consecutive(frames(8)), PROMPT)
     with torch.inference_mode():
         ref = lib(**inputs).logits[:, -1].float()
     comp = ready(bb, "evs:p=0.5")
@@ -227,3 +228,75 @@ def test_evs_rule_equals_the_library_function():
     for q in (0.1, 0.5, 0.9):
         lib = compute_retention_mask(video_embeds=feats.flatten(0, 1), thw=(5, 3, 3), spatial_merge_size=1, q=q)
         assert torch.equal(evs_keep(feats, q), lib)
+
+
+# --- issue 15, items 21 and 22: a checkpoint's own EVS prunes frames unevenly ------------------------
+
+from bench.errors import UserError  # noqa: E402
+from bench.runner import run_cell  # noqa: E402
+from bench.spec import make_spec  # noqa: E402
+from tests.bad_input import user_error  # noqa: E402
+
+RATE = 0.5
+
+
+@pytest.fixture(scope="session")
+def pruning_checkpoint(tmp_path_factory):
+    """Nemotron-Omni whose own EVS drops half the video tokens before the LLM (unevenly per temporal patch)."""
+    return write_checkpoint("nemotron_h_omni", "tiny", tmp_path_factory.mktemp("rated") / "c",
+                            video_pruning_rate=RATE)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+@pytest.mark.parametrize("spec, per_frame", [("stc_pruner:tokens_per_frame=2", 2),
+                                             ("visionzip:dominant=1,contextual=1", 2)])
+def test_projector_compressors_keep_tokens_of_their_own_frame(arch, spec, per_frame, loaded):
+    bb, _, inputs = loaded[arch]
+    plain = bb.encode(inputs).state
+    state = bb.encode(inputs, ready(bb, spec)).state
+    frames_before, frames_after = plain.frames[plain.vision], state.frames[state.vision]
+    counts = torch.unique(frames_after, return_counts=True)
+    assert counts[0].tolist() == frames_before.unique().tolist() and set(counts[1].tolist()) == {per_frame}
+    if spec.startswith("stc_pruner"):  # kept unchanged: each kept token is one of its own frame's tokens
+        for f in frames_before.unique():
+            own = plain.hidden[0, plain.vision][frames_before == f]
+            for token in state.hidden[0, state.vision][frames_after == f]:
+                assert (own == token).all(-1).any()
+
+
+def test_own_evs_prunes_frames_unevenly_and_regrouping_is_refused(pruning_checkpoint):
+    bb = ARCHITECTURES.get("nemotron_h_omni").build(checkpoint=pruning_checkpoint)
+    inputs = bb.processor_inputs(Clip.consecutive(frames(8)), PROMPT)
+    state = bb.encode(inputs).state
+    counts = torch.unique(state.frames[state.vision], return_counts=True)[1]
+    assert counts.unique().numel() > 1  # the precondition: patches keep different numbers of tokens
+    for spec in PROJECTOR_SPECS:  # past the up-front check too: the grouping itself refuses, never mixes frames
+        with pytest.raises(UserError, match="same number of vision tokens in every frame; frames hold"):
+            bb.encode(inputs, make_compressor(spec))
+    with pytest.raises(UserError, match="compressor 'evs' needs the same number"):
+        prefill(bb, None, compressor=make_compressor("evs:p=0.5"), state=bb.encode(inputs).state)
+
+
+@pytest.mark.parametrize("spec", ["stc_pruner:tokens_per_frame=2", "visionzip:dominant=1,contextual=1", "evs:p=0.5"])
+def test_frame_regrouping_compressors_are_refused_up_front_on_a_pruning_checkpoint(spec, pruning_checkpoint, capfd):
+    argv = ["run", "--checkpoint", pruning_checkpoint, "--compressor", spec, "--frames", "8", "--warmup", "0",
+            "--repeats", "1"]
+    user_error(capfd, argv, f"compressor {spec.split(':')[0]!r}", "video_pruning_rate=0.5", "unevenly")
+
+
+def test_record_counts_what_reaches_the_llm_on_a_pruning_checkpoint(checkpoints, pruning_checkpoint):
+    def record(path, compressor="none"):
+        r = run_cell(make_spec({"checkpoint": path, "compressor": compressor, "frames": 8, "prompt_tokens": 4,
+                                "new_tokens": 1, "warmup": 0, "repeats": 1}))
+        assert r["status"] == "ok", r["error"]
+        return r["metrics"]
+
+    full, pruned, dropped = record(checkpoints["nemotron_h_omni"]), record(pruning_checkpoint), \
+        record(pruning_checkpoint, "fastv:layer=1,p=0.5")
+    assert full["checkpoint_pruned_tokens"] == 0 and pruned["checkpoint_pruned_tokens"] > 0
+    # vision tokens are those the LLM sees: the checkpoint's own pruning is counted apart
+    assert pruned["vision_tokens"] + pruned["checkpoint_pruned_tokens"] == full["vision_tokens"]
+    assert pruned["input_tokens"] - pruned["vision_tokens"] == full["input_tokens"] - full["vision_tokens"]
+    assert pruned["tokens_after_compression"] == pruned["input_tokens"]
+    assert dropped["tokens_after_compression"] == dropped["input_tokens"] - dropped["vision_tokens"] // 2
+    assert pruned["cost"] and dropped["cost"]

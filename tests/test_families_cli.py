@@ -15,7 +15,7 @@ from tasks import fixtures
 from tests.test_cli_errors import user_error
 from tests.test_families import library_kwargs, library_model
 
-FAMILIES = ["qwen3_vl", "nemotron_h_omni", "llava_onevision"]
+FAMILIES = ["qwen3_vl", "qwen3_vl_moe", "nemotron_h_omni", "llava_onevision"]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,7 @@ def test_eval_videomme_equals_library_generate_per_document(arch, ckpts, data, t
     for entry in entries:
         assert entry["error"] is None
         doc = docs[entry["id"]]
-        frames, _ = load_frames(data / doc.video, frames=4)
-        inputs = bb.processor_inputs(frames, doc.prompt)
+        inputs = bb.processor_inputs(load_frames(data / doc.video, frames=4), doc.prompt)
         with torch.inference_mode():
             out = lib.generate(**library_kwargs(arch, lib, inputs), max_new_tokens=task.max_new_tokens,
                                do_sample=False)
@@ -128,10 +127,11 @@ def test_missing_files_are_named(ckpts, tmp_path, capsys, missing, needle):
     user_error(capsys, _run(dst), needle, missing)
 
 
+@pytest.mark.parametrize("arch", ["qwen3_vl", "qwen3_vl_moe"])
 @pytest.mark.parametrize("spec, needle", [("uniform:layer=99,p=0.5", "layer 99"),
                                           ("stc_cacher", "own-layout vision tower")])
-def test_compressor_that_cannot_apply(ckpts, capsys, spec, needle):
-    user_error(capsys, _run(ckpts["qwen3_vl"], "--compressor", spec), needle)
+def test_compressor_that_cannot_apply(ckpts, capsys, arch, spec, needle):
+    user_error(capsys, _run(ckpts[arch], "--compressor", spec), needle)
 
 
 def test_one_video_per_batch(ckpts, capsys):

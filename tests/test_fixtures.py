@@ -37,7 +37,7 @@ def test_videomme_layout(tmp_path):
         assert "-->" in srt
     assert len({r["videoID"] for r in rows}) == 2
     assert sorted(r["question_id"] for r in rows)[:3] == ["001-1", "001-2", "001-3"]
-    pixels, info = load_frames(tmp_path / "data" / f"{rows[0]['videoID']}.mp4", frames=4, size=32)
+    pixels = load_frames(tmp_path / "data" / f"{rows[0]['videoID']}.mp4", frames=4, size=32).frames
     assert pixels.shape == (4, 3, 32, 32)
 
 
@@ -51,8 +51,8 @@ def test_charades_layout(tmp_path):
         vid, start, end = head.split(" ")
         assert sentence
         video = tmp_path / "Charades_v1_480" / f"{vid}.mp4"
-        _, info = load_frames(video, fps=1)
-        assert 0 <= float(start) < float(end) <= info["duration_s"] + 1e-6
+        duration = load_frames(video, fps=1).duration_s
+        assert 0 <= float(start) < float(end) <= duration + 1e-6
 
 
 def test_vdc_layout(tmp_path):
@@ -67,7 +67,7 @@ def test_vdc_layout(tmp_path):
         for entry in record["captions"].values():
             assert isinstance(entry["caption"], str) and entry["caption"]
             assert entry["qa"] and all(set(qa) == {"question", "answer"} for qa in entry["qa"])
-        pixels, _ = load_frames(tmp_path / record["video"], frames=3)
+        pixels = load_frames(tmp_path / record["video"], frames=3).frames
         assert pixels.shape[0] == 3
 
 

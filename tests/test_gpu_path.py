@@ -200,6 +200,100 @@ def test_nvml_peak_is_sampled_during_the_pass(monkeypatch, energy):
     assert sampler.energy_j == (2.5 if energy else None)
 
 
+class FakeNvmlDevices(FakeNvml):
+    """pynvml with two GPUs (one split into a MIG instance), found by index or by UUID."""
+
+    UUIDS = ["GPU-aaaa1111-0000", "GPU-bbbb2222-0000"]
+    MIG = "MIG-cccc3333-0000"
+
+    def nvmlInit(self):  # noqa: N802
+        pass
+
+    def nvmlDeviceGetCount(self):  # noqa: N802
+        return len(self.UUIDS)
+
+    def nvmlDeviceGetHandleByIndex(self, index):  # noqa: N802
+        if not 0 <= index < len(self.UUIDS):
+            raise self.NVMLError("Invalid Argument")
+        return self.UUIDS[index]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):  # noqa: N802
+        if uuid in (*self.UUIDS, self.MIG):
+            return uuid
+        raise self.NVMLError("Not Found")
+
+    def nvmlDeviceGetUUID(self, handle):  # noqa: N802
+        return handle
+
+
+@pytest.mark.parametrize("visible, device, handle", [
+    (None, "cuda:1", "GPU-bbbb2222-0000"),
+    ("1,0", "cuda:0", "GPU-bbbb2222-0000"),
+    ("GPU-bbbb2222-0000,GPU-aaaa1111-0000", "cuda:1", "GPU-aaaa1111-0000"),  # SLURM: full UUIDs
+    ("MIG-cccc3333-0000", "cuda:0", "MIG-cccc3333-0000"),  # a MIG instance
+    ("GPU-aaaa", "cuda:0", "GPU-aaaa1111-0000"),  # a unique prefix, as CUDA accepts it
+    ("bbbb2222", "cuda:0", "GPU-bbbb2222-0000"),
+])
+def test_nvml_resolves_cuda_visible_devices_by_index_and_uuid(monkeypatch, visible, device, handle):
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvmlDevices())
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert meters.nvml_handle(device) == (handle, None)
+
+
+def _fake_cuda_memory(monkeypatch, used=None):
+    """torch.cuda's counters on a CPU build; ``used``: what torch.cuda.device_memory_used says (None: it fails)."""
+    for name in ("empty_cache", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    for name in ("memory_allocated", "max_memory_allocated", "max_memory_reserved"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: 0)
+
+    def device_memory_used(device=None):
+        if used is None:
+            raise RuntimeError("Can't get device UUIDs")
+        return used
+
+    monkeypatch.setattr(torch.cuda, "device_memory_used", device_memory_used)
+    monkeypatch.setattr(meters, "_warned", set())
+
+
+@pytest.mark.parametrize("visible, used, device_meter, energy_meter, warning", [
+    ("GPU-aaaa1111-0000", None, "nvml", "nvml", None),
+    ("MIG-dddd", 4242, "torch.cuda.device_memory_used", "unavailable", "torch.cuda.device_memory_used"),
+    ("GPU-ffff", None, "unavailable", "unavailable", "no device-used memory or energy meter"),
+])
+def test_an_unavailable_meter_is_said_once_and_named_in_the_record(monkeypatch, capsys, visible, used, device_meter,
+                                                                  energy_meter, warning):
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvmlDevices())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    _fake_cuda_memory(monkeypatch, used)
+    for _ in range(2):  # two measurements, one warning
+        meter = meters.MemoryMeter("cuda:0")
+        meter.set_baseline()
+        meter.reset()
+        memory = meter.read()
+    assert memory["device_used_meter"].startswith(device_meter) and memory["energy_meter"].startswith(energy_meter)
+    if used is not None:
+        assert memory["nvml_used_bytes"] == used
+    err = capsys.readouterr().err
+    if warning is None:
+        assert err == ""
+    else:
+        assert err.count("\n") == 1 and err.startswith("viperbench: warning: ") and warning in err
+        assert visible in err  # says which device NVML could not find
+
+
+def test_no_pynvml_is_said(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml raises ImportError
+    _fake_cuda_memory(monkeypatch)
+    meter = meters.MemoryMeter("cuda:0")
+    meter.set_baseline()
+    assert meter.read()["device_used_meter"] == "unavailable: pynvml is not installed"
+    assert "pynvml is not installed" in capsys.readouterr().err
+
+
 def test_energy_per_token_in_the_summary():
     from bench.runner import summarise
 

@@ -3,7 +3,8 @@
 Run with ``pytest -m kernels`` (the conftest switches the interpreter on before transformers'
 Mamba modules are imported). Through the harness's own layer loop, mamba-ssm's
 ``mamba_chunk_scan_combined`` (prefill) and ``selective_state_update`` (decode) must give the
-logits of the library's torch code, for pure Mamba-2 and the hybrid, in fp32 (the
+logits of the library's torch code, for pure Mamba-2, the hybrid and the hybrid video LLM
+(Nemotron-Omni: its NemotronH text model's Mamba layers, on a real video prompt), in fp32 (the
 interpreter's bf16 ``tl.dot`` is wrong): one-shot prefill, chunked prefill with the state
 carried through the cache, decode steps, and decode after a drop. Every test also checks
 that the kernels really ran, so none can pass on the torch path alone.
@@ -107,4 +108,72 @@ def test_decode_after_a_drop(bb):
 
     before = _kernel_calls("selective_state_update")
     _assert_paths_agree(run("kernel"), run("torch"))
+    assert _kernel_calls("selective_state_update") > before
+
+
+# --- the hybrid video LLM: Nemotron-Omni's Mamba layers on a video prompt -------------------------
+
+from architectures.families.nemotron_omni import NemotronOmni  # noqa: E402
+from tasks.video import Clip  # noqa: E402
+
+_OMNI_TINY = NemotronOmni.presets["tiny"]
+# two Mamba-2 blocks, attention, MoE; Mamba chunk 16 so that the ~60-token prompt spans several kernel chunks
+OMNI_PRESET = dict(_OMNI_TINY, text_config=dict(_OMNI_TINY["text_config"], hybrid_override_pattern="M*EM",
+                                                chunk_size=16))
+OMNI_CHUNK = 20
+
+
+@pytest.fixture
+def omni(monkeypatch):
+    if "omni" not in _BUILT:
+        monkeypatch.setitem(NemotronOmni.presets, "kernels", OMNI_PRESET)
+        bb = NemotronOmni.build("kernels")
+        assert kernels.bound()["mamba_chunk_scan_combined"] == "mamba_ssm", "mamba-ssm did not bind"
+        frames = (torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+        _BUILT["omni"] = bb, bb.processor_inputs(Clip.consecutive(frames), "what happens in the video ?")
+    return _BUILT["omni"]
+
+
+def _omni_generate(bb, inputs, path: str, steps: int, compressor_spec: str | None = None, **prefill_kwargs):
+    compressor = None
+    if compressor_spec:
+        compressor = make_compressor(compressor_spec)
+        bb.check_compressor(compressor)
+        compressor.check(bb)
+    with kernels.forced(path):
+        logits, seq = prefill(bb, None, state=bb.encode(inputs).state, compressor=compressor, **prefill_kwargs)
+        out = [logits]
+        for _ in range(steps):
+            out.append(decode_step(bb, out[-1].argmax(-1, keepdim=True), seq))
+    return out
+
+
+def test_omni_one_shot_prefill(omni):
+    before = _kernel_calls("mamba_chunk_scan_combined")
+    _assert_paths_agree(_omni_generate(*omni, "kernel", 0), _omni_generate(*omni, "torch", 0))
+    assert _kernel_calls("mamba_chunk_scan_combined") > before
+
+
+def test_omni_chunked_prefill_carries_the_state(omni):
+    bb, inputs = omni
+    length = inputs["input_ids"].shape[1]
+    before = _kernel_calls("mamba_chunk_scan_combined")
+    kernel_chunked = _omni_generate(bb, inputs, "kernel", 0, chunk=OMNI_CHUNK)
+    mamba_layers = sum(kind == "mamba" for kind in bb.layer_kinds())
+    assert mamba_layers == 2
+    assert _kernel_calls("mamba_chunk_scan_combined") - before == mamba_layers * -(-length // OMNI_CHUNK)
+    _assert_paths_agree(kernel_chunked, _omni_generate(bb, inputs, "torch", 0))
+
+
+def test_omni_decode_steps(omni):
+    before = _kernel_calls("selective_state_update")
+    _assert_paths_agree(_omni_generate(*omni, "kernel", 3), _omni_generate(*omni, "torch", 3))
+    assert _kernel_calls("selective_state_update") > before
+
+
+def test_omni_decode_after_a_drop(omni):
+    spec = "td:schedule=uni_1_0.5-attn_2_0.5"
+    before = _kernel_calls("selective_state_update")
+    _assert_paths_agree(_omni_generate(*omni, "kernel", 3, spec, chunk=OMNI_CHUNK),
+                        _omni_generate(*omni, "torch", 3, spec, chunk=OMNI_CHUNK))
     assert _kernel_calls("selective_state_update") > before

@@ -153,7 +153,8 @@ def test_predict_command_prints_predicted_numbers_and_records(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--gpu", "nope"], "unknown GPU"),
-    (["--gpu-memory", "lots"], "malformed memory size"),
+    (["--gpu-memory", "lots"], "--gpu-memory"),
+    (["--gpu", ""], "unknown GPU"),
     (["--device", "cpu"], "needs --memory-budget"),
     (["--mamba-kernels", "fast"], "unknown --mamba-kernels"),
     (["--gpu", "custom"], "--gpu custom needs"),
@@ -186,3 +187,17 @@ def test_coarse_estimate_and_calibration_on_a_linear_peak():
     assert Linear(None, target="cpu", mamba="torch", budget=45_000_000).coarse_estimate(16, limit=500) == 500
     # measured 1.25x the prediction at 1000 frames: the budget shrinks to 36 MB of predicted peak
     assert p.calibrate({"frames": 1000, "peak_mem_bytes": 31_250_000}) == 1550
+
+
+def test_context_margin_zero_is_a_margin_and_the_header_names_the_overrides(capsys):
+    code = main(["predict", "--arch", "hybrid", "--preset", "tiny", "--frames", "8", "--new-tokens", "2",
+                 "--no-max-frames", "--context-margin", "0", "--gpu-memory", "4GiB", "--gpu-tflops", "100"])
+    text = capsys.readouterr().out
+    assert code == 0
+    header = text.splitlines()[0]
+    assert "4.00 GiB" in header and "memory, TFLOP/s as given, the rest spec sheet" in header
+    assert "0.00 GiB CUDA context margin" in text
+    assert main(["predict", "--arch", "hybrid", "--preset", "tiny", "--frames", "8", "--new-tokens", "2",
+                 "--no-max-frames", "--json"]) == 0
+    gpu = json.loads(capsys.readouterr().out)["metrics"]["gpu"]
+    assert gpu["source"] == "spec sheet" and gpu["overridden"] == []

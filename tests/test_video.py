@@ -15,40 +15,40 @@ def video(tmp_path_factory):
 
 
 def test_uniform_frames_shape_range_and_indices(video):
-    pixels, info = load_frames(video, frames=5, size=32)
+    clip = load_frames(video, frames=5, size=32)
+    pixels = clip.frames
     assert pixels.shape == (5, 3, 32, 32)
     assert pixels.dtype == torch.float32
     assert pixels.min() >= 0.0 and pixels.max() <= 1.0
-    assert info["num_frames_video"] == 12
-    assert info["fps"] == pytest.approx(4.0)
-    assert info["duration_s"] == pytest.approx(3.0)
-    assert info["path"] == str(video)
-    assert info["indices"] == np.linspace(0, 11, 5).round().astype(int).tolist()
+    assert clip.total_frames == 12
+    assert clip.fps == pytest.approx(4.0)
+    assert clip.duration_s == pytest.approx(3.0)
+    assert clip.path == str(video)
+    assert clip.indices == np.linspace(0, 11, 5).round().astype(int).tolist()
 
 
 def test_native_size_without_resize(video):
-    pixels, _ = load_frames(video, frames=2)
+    pixels = load_frames(video, frames=2).frames
     assert pixels.shape == (2, 3, 64, 64)
 
 
 def test_fps_mode_samples_one_frame_per_second(video):
-    pixels, info = load_frames(video, fps=1)
-    assert pixels.shape[0] == 3
-    assert info["indices"] == [0, 4, 8]
+    clip = load_frames(video, fps=1)
+    assert clip.frames.shape[0] == 3
+    assert clip.indices == [0, 4, 8]
 
 
 def test_fps_mode_caps_at_max_frames_uniformly(video):
-    pixels, info = load_frames(video, fps=4, max_frames=5)
-    assert pixels.shape[0] == 5
+    clip = load_frames(video, fps=4, max_frames=5)
+    assert clip.frames.shape[0] == 5
     all_indices = list(range(12))
     expected = [all_indices[i] for i in np.linspace(0, 11, 5).round().astype(int)]
-    assert info["indices"] == expected
-    pixels, info = load_frames(video, fps=1, max_frames=256)
-    assert info["indices"] == [0, 4, 8]
+    assert clip.indices == expected
+    assert load_frames(video, fps=1, max_frames=256).indices == [0, 4, 8]
 
 
 def test_frames_differ(video):
-    pixels, _ = load_frames(video, frames=4)
+    pixels = load_frames(video, frames=4).frames
     for a in range(4):
         for b in range(a + 1, 4):
             assert (pixels[a] - pixels[b]).abs().mean() > 0.01

@@ -36,8 +36,9 @@ def test_videos_hold_the_needle_where_the_annotation_says(data):
     from tasks.video import load_frames
 
     for row in (json.loads(line) for line in (data / "vniah.jsonl").read_text().splitlines()):
-        frames, info = load_frames(data / row["video"], fps=1, max_frames=100)
-        assert frames.shape[0] == row["length"] == info["num_frames_video"]  # --fps 1 sees every frame
+        clip = load_frames(data / row["video"], fps=1, max_frames=100)
+        frames = clip.frames
+        assert frames.shape[0] == row["length"] == clip.total_frames  # --fps 1 sees every frame
         channel_spread = frames.mean(dim=(2, 3)).amax(1) - frames.mean(dim=(2, 3)).amin(1)
         assert int(channel_spread.argmax()) == row["needle_index"]  # only the needle is saturated
         mean = frames[row["needle_index"]].mean(dim=(1, 2)) * 255

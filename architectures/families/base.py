@@ -24,15 +24,17 @@ from architectures.base import Backbone
 from architectures.families import check_checkpoint_dir
 from architectures.tokens import TokenState
 from bench.errors import UserError
+from tasks.video import Clip
 
 
 @dataclass
 class Prompt:
     """One request ready for prefill: the processor's ids and the initial token state."""
 
-    input_ids: torch.Tensor  # [1, length]
+    input_ids: torch.Tensor  # [1, length]: what reaches the LLM
     state: TokenState
-    vision_tokens: int  # vision tokens before any compression
+    vision_tokens: int  # vision tokens that reach the LLM, before any compressor
+    checkpoint_pruned: int = 0  # vision tokens the checkpoint's own pruning dropped before the LLM
 
     @property
     def length(self) -> int:
@@ -179,28 +181,43 @@ class FamilyBackbone(Backbone):
         messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def video_kwargs(self, frames: torch.Tensor, fps: float) -> dict[str, Any]:
-        return {}
+    def processor_inputs(self, clip: Clip, prompt: str):
+        """Sampled frames (a ``tasks.video.Clip``: [T, 3, H, W] uint8 or float in [0, 1], with their source
+        frame indices and frame rate) and the prompt -> the processor's BatchFeature.
 
-    def processor_inputs(self, frames: torch.Tensor, prompt: str, fps: float = 1.0):
-        """frames: [T, 3, H, W] uint8 (or float in [0, 1]) sampled frames -> the processor's BatchFeature."""
+        The processor gets the clip's true video metadata and samples nothing itself, so the times it
+        writes into the prompt (Qwen3-VL's ``<t seconds>``, Nemotron-Omni's ``Frame i sampled at t
+        seconds``) are those of the sampled frames in the source video."""
+        from transformers.video_utils import VideoMetadata
+
+        frames = clip.frames
         if frames.dtype != torch.uint8:
             frames = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        metadata = VideoMetadata(total_num_frames=clip.total_frames, fps=clip.fps, duration=clip.duration_s,
+                                 frames_indices=list(clip.indices), height=frames.shape[-2], width=frames.shape[-1])
         return self.processor(text=self.chat_text(prompt), videos=[frames.cpu()], return_tensors="pt",
-                              **self.video_kwargs(frames, fps))
+                              video_metadata=metadata, do_sample_frames=False)
 
     def encode(self, inputs, compressor=None) -> Prompt:
         """Processor inputs -> the prompt's token state (vision features placed at the placeholders)."""
         raise NotImplementedError
 
+    def own_pruning(self) -> str | None:
+        """Why this model's frames can reach the LLM with different numbers of vision tokens (None: they never do)."""
+        return None
+
     def check_compressor(self, compressor) -> None:
         if compressor.wants_tower_hook:
             raise UserError(f"compressor {compressor.name!r} hooks the own-layout vision tower; {self.name} runs the "
                             "checkpoint's own tower (use a projector- or LLM-side compressor)")
+        reason = self.own_pruning()
+        if compressor.regroups_frames and reason:
+            raise UserError(f"compressor {compressor.name!r} needs the same number of vision tokens in every frame, "
+                            f"but {reason}; use uniform, attention, fastv, td or transv")
 
-    def prompt(self, frames: torch.Tensor, text: str, compressor=None, fps: float = 1.0) -> Prompt:
-        """Frames and prompt text -> a prompt ready for prefill (projector-side compression applied)."""
-        return self.encode(self.processor_inputs(frames, text, fps), compressor)
+    def prompt(self, clip: Clip, text: str, compressor=None) -> Prompt:
+        """Sampled frames and prompt text -> a prompt ready for prefill (projector-side compression applied)."""
+        return self.encode(self.processor_inputs(clip, text), compressor)
 
     def compress_projected(self, prompt: Prompt, compressor) -> Prompt:
         """Hook 2 (after the projector) on a real model: the compressor sees the vision features as
@@ -210,11 +227,9 @@ class FamilyBackbone(Backbone):
         if compressor is None or type(compressor).after_projector is _identity_hook():
             return prompt
         state = prompt.state
-        vis = state.vision_index()
-        groups = int(state.frames[vis].max()) + 1
-        n = vis.numel() // groups
-        if n * groups != vis.numel():
-            raise UserError(f"compressor {compressor.name!r} needs the same number of vision tokens per frame")
+        ranks = state.frame_ranks(f"compressor {compressor.name!r}")  # grouped by frame index, not by count
+        groups, n = ranks.shape
+        vis = state.vision_index()[ranks.flatten()]
         compressor.kept_slots = None
         out = compressor.after_projector(state.hidden[:, vis].reshape(1, groups, n, -1))
         k = out.shape[1] // groups

@@ -85,15 +85,27 @@ class NemotronOmni(FamilyBackbone):
         embeds = self._place(ids, mask, features.flatten(0, 1))
         frames = torch.full(mask.shape, -1, dtype=torch.long, device=dev)
         frames[mask] = torch.arange(groups, device=dev).repeat_interleave(per_group)
-        n_vision = int(mask.sum())
-        rate = float(self.vlm_config.video_pruning_rate or 0.0)
+        produced = int(mask.sum())
+        rate = self.pruning_rate
         if rate > 0:  # the checkpoint's own EVS: drop before the LLM, then positions are renumbered
             keep = evs_keep(features, rate)
             stay = torch.ones_like(mask)
             stay[mask.nonzero().squeeze(1)[~keep]] = False
             ids, embeds, mask, frames = ids[:, stay], embeds[:, stay], mask[stay], frames[stay]
         state = TokenState(embeds, torch.arange(ids.shape[1], device=dev), mask, frames)
-        return self.compress_projected(Prompt(ids, state, n_vision), compressor)
+        n_vision = int(mask.sum())
+        return self.compress_projected(Prompt(ids, state, n_vision, produced - n_vision), compressor)
+
+    @property
+    def pruning_rate(self) -> float:
+        """The checkpoint's own EVS rate (``video_pruning_rate``; 0: no pruning)."""
+        return float(self.vlm_config.video_pruning_rate or 0.0)
+
+    def own_pruning(self) -> str | None:
+        if self.pruning_rate > 0:
+            return (f"{self.checkpoint or self.name} prunes video tokens itself (EVS, video_pruning_rate="
+                    f"{self.pruning_rate:g}), unevenly across frames")
+        return None
 
     def layer_kind(self, i: int) -> str:
         return _KIND[self.config.layers_block_type[i]]

@@ -38,7 +38,9 @@ def family_key(family: str) -> str:
 
 def make_tokenizer(family: str, vocab_size: int | None = None):
     """A WordLevel tokenizer: the family's special tokens first, then a few words and digits,
-    padded with filler words up to ``vocab_size`` (so every model id decodes to something)."""
+    padded with filler words up to ``vocab_size`` (so every model id decodes to something).
+    Numbers are split into single digits (as Qwen's tokenizer does), so every timestamp the
+    processor writes is spelt out in known tokens."""
     from transformers import PreTrainedTokenizerFast
 
     special = SPECIAL[family_key(family)]
@@ -49,7 +51,8 @@ def make_tokenizer(family: str, vocab_size: int | None = None):
     names = ([unk] if unk not in special else []) + special + words
     vocab = {w: i for i, w in enumerate(names)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token=unk))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                 pre_tokenizers.Digits(individual_digits=True)])
     pad = special[0]
     return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token=unk, eos_token="<|im_end|>", pad_token=pad,
                                    additional_special_tokens=[t for t in special if t not in (unk, pad)])

@@ -59,11 +59,6 @@ class Qwen3VL(FamilyBackbone):
         return dict(image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
                     vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
 
-    def video_kwargs(self, frames, fps):
-        n = frames.shape[0]
-        return dict(do_sample_frames=False,
-                    video_metadata=[{"fps": fps, "total_num_frames": n, "frames_indices": list(range(n))}])
-
     def encode(self, inputs, compressor=None) -> Prompt:
         dev = self.device
         ids = inputs["input_ids"].to(dev)
