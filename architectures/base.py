@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from architectures import attention
-from architectures.loading import load_config, load_model
+from architectures.loading import load_config, load_model, meta_model
 from bench.errors import UserError
 
 # Kinds of layer the harness knows about (compressors need to know where attention is).
@@ -119,9 +119,11 @@ class Backbone:
     @lru_cache(maxsize=16)
     def skeleton(cls, preset: str | None = None, checkpoint: str | None = None) -> "Backbone":
         """The backbone on the meta device (no memory): its structure, for validating plans."""
-        config = cls.check_checkpoint(checkpoint) if checkpoint else cls.make_config(preset)
+        if checkpoint:
+            return cls(meta_model(cls.model_class, cls.check_checkpoint(checkpoint), checkpoint), preset=preset,
+                       checkpoint=checkpoint)
         with torch.device("meta"):
-            return cls(cls.model_class(config), preset=preset, checkpoint=checkpoint)
+            return cls(cls.model_class(cls.make_config(preset)), preset=preset)
 
     @classmethod
     def check_checkpoint(cls, checkpoint: str):

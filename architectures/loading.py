@@ -12,6 +12,7 @@ so that an error is the only line on stderr.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,14 +32,16 @@ def one_line(exc: BaseException) -> str:
 
 @contextmanager
 def quiet_library() -> Iterator[None]:
-    """transformers' progress bars off and its logging at error level for the duration."""
+    """transformers' progress bars off, its logging at error level and Python warnings ignored for the duration."""
     from transformers.utils import logging as hf_logging
 
     bar, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         hf_logging.set_verbosity(verbosity)
         if bar:
@@ -100,16 +103,29 @@ def load_config(config_class, directory):
         return config_class.from_pretrained(directory, local_files_only=True)
 
 
+def meta_model(model_class, config, directory):
+    """The model of a checkpoint's config on the meta device; a config the model cannot be built from
+    (a negative size, heads that do not divide the width) is one line naming config.json."""
+    with reading(Path(directory) / "config.json", "config"), torch.device("meta"):
+        return model_class(config)
+
+
 def load_model(model_class, directory, **kwargs):
-    """``model_class.from_pretrained(directory, ...)`` after checking every weights file; refuses missing weights."""
+    """``model_class.from_pretrained(directory, ...)`` after checking every weights file; weights that are
+    missing or of another shape than the config gives are refused, not replaced by random values."""
     check_weights(directory)
     with reading(directory, "checkpoint"):
         model, info = model_class.from_pretrained(directory, local_files_only=True, output_loading_info=True,
-                                                  **kwargs)
+                                                  ignore_mismatched_sizes=True, **kwargs)
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         raise UserError(f"checkpoint {directory}: its weights lack {len(missing)} tensor(s) the model needs "
                         f"(first: {missing[0]}); refused rather than run with random values")
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    if mismatched:
+        key, stored, wanted = mismatched[0]
+        raise UserError(f"checkpoint {directory}: {len(mismatched)} weight(s) do not have the shapes its config.json "
+                        f"gives (first: {key} is {list(stored)}, the model needs {list(wanted)})")
     return model
 
 

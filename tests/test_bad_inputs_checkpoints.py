@@ -218,6 +218,11 @@ CONFIGS = [  # (checkpoint, config file, damage, command, needles)
     ("trained", "config.json", lambda p: edit_json(p, lambda raw: raw.pop("model_type")), "run",
      ("config.json", "model_type")),
     ("family", "config.json", set_field("model_type", value=7), "run", ("config.json", "model_type")),
+    ("trained", "config.json", set_field("hidden_size", value=-5), "run", ("config.json", "negative dimension")),
+    ("trained", "config.json", set_field("hidden_size", value=48), "eval",
+     ("config.json", "do not have the shapes", "[512, 48]")),
+    ("family", "config.json", set_field("text_config", "intermediate_size", value=40), "run",
+     ("config.json", "do not have the shapes")),
 ]
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from architectures import attention
 from architectures.base import Backbone
 from architectures.families import check_checkpoint_dir
-from architectures.loading import load_config, load_model, load_processor
+from architectures.loading import load_config, load_model, load_processor, meta_model
 from architectures.tokens import TokenState
 from bench.errors import UserError
 
@@ -110,9 +110,11 @@ class FamilyBackbone(Backbone):
 
     @classmethod
     def skeleton(cls, preset: str | None = None, checkpoint: str | None = None) -> "FamilyBackbone":
-        config = cls.check_checkpoint(checkpoint) if checkpoint else cls.make_config(preset)
+        if checkpoint:
+            return cls(meta_model(cls.model_class, cls.check_checkpoint(checkpoint), checkpoint), None,
+                       preset=preset, checkpoint=checkpoint)
         with torch.device("meta"):
-            return cls(cls.model_class(config), None, preset=preset, checkpoint=checkpoint)
+            return cls(cls.model_class(cls.make_config(preset)), None, preset=preset)
 
     @classmethod
     def param_count(cls, preset: str) -> int:
