@@ -194,5 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = ["lm-eval", *with_default_device(list(sys.argv[1:] if argv is None else argv))]
     setup_logging(logging.ERROR)  # as lm-eval's cli_evaluate, quiet but for errors (LMEVAL_LOG_LEVEL still wins)
     parser = HarnessCLI()
-    result = parser.execute(parser.parse_args())
+    try:
+        result = parser.execute(parser.parse_args())
+    except ValueError as exc:
+        if not _raised_by_lm_eval_checks(exc):
+            raise
+        raise UserError(f"lm-eval: {' '.join(str(exc).split())}") from None
     return result if isinstance(result, int) else 0
+
+
+def _raised_by_lm_eval_checks(exc: BaseException) -> bool:
+    """lm-eval checks its flags and config (unknown tasks, bad values) in these modules, with a ValueError."""
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_globals.get("__name__", "").startswith(("lm_eval.config", "lm_eval._cli"))

@@ -317,6 +317,12 @@ def test_lm_eval_model_args_are_checked(lm_tasks, capfd, model_args, needles):
     user_error(capfd, lm_eval_argv(None, lm_tasks, model_args), *needles)
 
 
+def test_lm_eval_unknown_task_is_one_line(lm_tasks, capfd):
+    argv = lm_eval_argv(None, lm_tasks, "arch=transformer,preset=tiny")
+    argv[argv.index("vb_mc")] = "vb_nosuch"
+    user_error(capfd, argv, "lm-eval: Tasks not found", "vb_nosuch")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_lm_eval_cuda_without_cuda_is_one_line(lm_tasks, capfd):
     user_error(capfd, [*lm_eval_argv(None, lm_tasks, "arch=transformer,preset=tiny"), "--device", "cuda"],
