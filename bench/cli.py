@@ -343,8 +343,6 @@ def cmd_train(args) -> int:
         lengths = tuple(int(x) for x in _split(args.lengths))
     except ValueError:
         raise UserError(f"--lengths must be frame counts separated by commas, got {args.lengths!r}") from None
-    if not lengths or min(lengths) < 1:
-        raise UserError(f"--lengths must be positive frame counts, got {args.lengths!r}")
     settings = TrainSettings(arch=args.arch, output=args.output, preset=args.preset, checkpoint=args.checkpoint,
                              train=args.train, compressor=args.compressor, task=args.task, seed=args.seed,
                              steps=args.steps, batch=args.batch, lr=args.lr, lengths=lengths,

@@ -117,7 +117,7 @@ def test_bad_input(trained, tmp_path, capsys):
     corrupt.mkdir()
     (corrupt / "train_state.pt").write_bytes(b"not a checkpoint")
     assert main(["train", "--arch", "transformer", "--output", str(corrupt), "--no-progress"]) == 2
-    assert "corrupt training checkpoint" in capsys.readouterr().err
+    assert "cannot load training state" in capsys.readouterr().err
     other = replace(TrainSettings(output=str(base), **QUICK), seed=1)
     with pytest.raises(UserError, match="other settings \\(seed\\)"):
         train(other, progress=False)
