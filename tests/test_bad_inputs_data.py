@@ -167,13 +167,16 @@ DISK_FULL = {
                  "--frames", "2", "--limit", "1", "--log", "{out}"],
     "eval-output": ["eval", "--task", "videomme", "--data", "{data}", "--arch", "transformer", "--preset", "tiny",
                     "--frames", "2", "--limit", "1", "--output", "{out}"],
+    "score": ["score", "--task", "videomme", "--data", "{data}", "--predictions", "{predictions}", "--output", "{out}"],
 }
 
 
 def _argv(command, out, tmp_path, data):
     toml = tmp_path / "m.toml"
     toml.write_text(MATRIX_TOML + f"output = {json.dumps(str(out))}\n")
-    return [a.format(out=out, toml=toml, data=data) for a in DISK_FULL[command]]
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("")
+    return [a.format(out=out, toml=toml, data=data, predictions=predictions) for a in DISK_FULL[command]]
 
 
 def _printed_record(out: str) -> dict:
