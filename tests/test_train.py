@@ -249,3 +249,43 @@ def test_a_kill_at_every_point_of_save_resumes_from_the_last_complete_save(kill_
             weights = load_file(out / "model.safetensors")
             assert all(torch.equal(weights[n], reference[n]) for n in reference), (mode, k)
             assert sorted(p.name for p in out.parent.iterdir()) == ["ckpt"], (mode, k)  # no leftovers
+
+
+def test_a_training_run_sigkilled_during_a_save_resumes(tmp_path):
+    """The real thing: a child killed (SIGKILL) while it writes a checkpoint; the rerun resumes from a save."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    settings = dict(arch="transformer", steps=20, batch=1, lengths=(4,), save_every=1, tokens_per_frame=4)
+    out = tmp_path / "run"
+    partial = tmp_path / "run.partial"
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "bench.cli", "train", "--arch", "transformer", "--steps", "20", "--batch", "1",
+           "--lengths", "4", "--tokens-per-frame", "4", "--save-every", "1", "--output", str(out), "--no-progress"]
+    child = subprocess.Popen(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while child.poll() is None and time.monotonic() < deadline:
+            if partial.exists() and (out.exists() or (tmp_path / "run.old").exists()):  # mid-save, a save before
+                child.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    if child.returncode != -signal.SIGKILL:
+        pytest.skip("the run ended before a save could be caught")
+    with pytest.MonkeyPatch.context() as mp:
+        ran = _steps_run(mp)
+        train(TrainSettings(output=str(out), **settings), progress=False)
+    assert ran["n"] < 20  # resumed from a save, not from step 0
+    reference = tmp_path / "reference"
+    train(TrainSettings(output=str(reference), **settings), progress=False)
+    assert curve(out) == curve(reference)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reference", "run"]
