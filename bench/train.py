@@ -24,7 +24,7 @@ A save is crash-safe: the new checkpoint is written whole into ``OUT.partial`` (
 last, by an atomic rename, so a directory holding it is complete), then swapped in (``OUT`` to
 ``OUT.old``, ``OUT.partial`` to ``OUT``, ``OUT.old`` removed). A run started after a kill at any
 point finishes or undoes the interrupted swap first (``recover``): it resumes from the last
-complete save and never deletes one. The state is loaded with ``torch.load(weights_only=True)``:
+complete save and never deletes the newest one. The state is loaded with ``torch.load(weights_only=True)``:
 tensors and plain values only, never code.
 """
 
