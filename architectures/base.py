@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from architectures import attention
+from architectures.loading import load_config, load_model, meta_model
 from bench.errors import UserError
 
 # Kinds of layer the harness knows about (compressors need to know where attention is).
@@ -38,6 +39,12 @@ def read_checkpoint_config(checkpoint: str) -> dict:
         raise UserError(f"checkpoint {checkpoint}: unreadable config.json ({exc})") from None
     if not isinstance(raw, dict):
         raise UserError(f"checkpoint {checkpoint}: config.json is not a JSON object")
+    if not isinstance(raw.get("model_type"), str):
+        raise UserError(f"checkpoint {checkpoint}: config.json has no model_type string (got "
+                        f"{raw.get('model_type')!r})")
+    if raw.get("auto_map"):
+        raise UserError(f"checkpoint {checkpoint} needs remote code (config.json has auto_map); refused: "
+                        "viperbench runs only the library's own classes and never executes checkpoint code")
     return raw
 
 
@@ -100,7 +107,7 @@ class Backbone:
         """Random weights in a preset's shape, or a local checkpoint of the same family."""
         if checkpoint:
             config = cls.check_checkpoint(checkpoint)
-            model = cls.model_class.from_pretrained(checkpoint, config=config, dtype=dtype, local_files_only=True)
+            model = load_model(cls.model_class, checkpoint, config=config, dtype=dtype)
             return cls(model.to(device), checkpoint=str(checkpoint))
         config = cls.make_config(preset)
         torch.manual_seed(seed)
@@ -112,16 +119,18 @@ class Backbone:
     @lru_cache(maxsize=16)
     def skeleton(cls, preset: str | None = None, checkpoint: str | None = None) -> "Backbone":
         """The backbone on the meta device (no memory): its structure, for validating plans."""
-        config = cls.check_checkpoint(checkpoint) if checkpoint else cls.make_config(preset)
+        if checkpoint:
+            return cls(meta_model(cls.model_class, cls.check_checkpoint(checkpoint), checkpoint), preset=preset,
+                       checkpoint=checkpoint)
         with torch.device("meta"):
-            return cls(cls.model_class(config), preset=preset, checkpoint=checkpoint)
+            return cls(cls.model_class(cls.make_config(preset)), preset=preset)
 
     @classmethod
     def check_checkpoint(cls, checkpoint: str):
         model_type = read_checkpoint_config(checkpoint).get("model_type")
         if model_type != cls.family:
             raise UserError(f"checkpoint {checkpoint} is a {model_type!r} model; {cls.name} needs {cls.family!r}")
-        return cls._with_attention(cls.config_class.from_pretrained(checkpoint, local_files_only=True))
+        return cls._with_attention(load_config(cls.config_class, checkpoint))
 
     @classmethod
     def param_count(cls, preset: str) -> int:

@@ -7,6 +7,7 @@ b is id b + 3, so every preset (vocabulary >= 259) can run a task end to end.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from bench.errors import UserError
 
@@ -32,12 +33,13 @@ class CheckpointTokenizer:
     """A checkpoint's own tokenizer; prompts go through its chat template when it has one."""
 
     def __init__(self, checkpoint: str):
-        from transformers import AutoTokenizer
+        from architectures.families import TOKENIZER
+        from architectures.loading import load_tokenizer
 
-        try:
-            self.tok = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"checkpoint {checkpoint} has no usable tokenizer: {str(exc).splitlines()[0]}") from None
+        if not any((Path(checkpoint) / name).is_file() for name in TOKENIZER):
+            raise UserError(f"checkpoint {checkpoint} has no tokenizer: looked for {', '.join(TOKENIZER)} "
+                            f"(or {BYTES_MARKER}, which viperbench train writes)")
+        self.tok = load_tokenizer(checkpoint)
         self.name = f"checkpoint:{checkpoint}"
         self.bos_id = self.tok.bos_token_id if self.tok.bos_token_id is not None else self.tok.eos_token_id
         self.eos_id = self.tok.eos_token_id
@@ -72,8 +74,6 @@ BYTES_MARKER = "byte_tokenizer.json"  # in a checkpoint trained on the byte-leve
 
 
 def tokenizer_for(backbone) -> ByteTokenizer | CheckpointTokenizer | ProcessorTokenizer:
-    from pathlib import Path
-
     if backbone.takes_frames:
         return ProcessorTokenizer(backbone)
     if backbone.checkpoint and not (Path(backbone.checkpoint) / BYTES_MARKER).is_file():

@@ -227,14 +227,14 @@ class VisionSide(nn.Module):
         directory) and ``projector.safetensors`` (the MLP: ``0.weight``, ``0.bias``, ``2.weight``, ``2.bias``)."""
         from pathlib import Path
 
-        from safetensors.torch import load_file
+        from architectures.loading import load_config, load_model, load_tensors
 
         root = Path(checkpoint)
         tower_dir, projector_file = root / "vision", root / "projector.safetensors"
         for part, path in (("vision tower", tower_dir / "config.json"), ("projector", projector_file)):
             if not path.is_file():
                 raise UserError(f"checkpoint {checkpoint} lacks the {part} ({path.relative_to(root)})")
-        tower_config = SiglipVisionConfig.from_pretrained(tower_dir, local_files_only=True)
+        tower_config = load_config(SiglipVisionConfig, tower_dir)
         preset = next((name for name, kw in VISION_PRESETS.items()
                        if all(getattr(tower_config, k) == v for k, v in kw.items())), "paper")
         side = cls(preset, llm_hidden, tokens_per_frame, dtype=dtype, device="meta")
@@ -242,9 +242,8 @@ class VisionSide(nn.Module):
         side.image_size = int(tower_config.image_size)
         side.num_patches = (tower_config.image_size // tower_config.patch_size) ** 2
         side.vision_dim = tower_config.hidden_size
-        side.tower = SiglipVisionModel.from_pretrained(tower_dir, config=side.config, local_files_only=True,
-                                                       dtype=dtype)
-        weights = load_file(projector_file)
+        side.tower = load_model(SiglipVisionModel, tower_dir, config=side.config, dtype=dtype)
+        weights = load_tensors(projector_file)
         projector = nn.Sequential(nn.Linear(side.vision_dim, llm_hidden), nn.GELU(), nn.Linear(llm_hidden, llm_hidden))
         try:
             projector.load_state_dict(weights)

@@ -242,11 +242,11 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _finish(records: list[dict], output: str | None) -> int:
+def _finish(records: list[dict], output: str | None, table_file=None) -> int:
     from bench.table import summary
 
     if records:
-        print(summary(records))
+        print(summary(records), file=table_file or sys.stdout)
     if output:
         print(f"records appended to {output}", file=sys.stderr)
     return 1 if any(r["status"] == "error" for r in records) else 0
@@ -274,11 +274,13 @@ def cmd_matrix(args) -> int:
     from bench.matrix import axes_from_flags, axes_from_toml, expand, run_matrix
 
     values = _cell_values(args)
-    axes = axes_from_toml(args.file, values) if args.file else axes_from_flags(values)
+    axes, file_output = axes_from_toml(args.file, values) if args.file else (axes_from_flags(values), None)
+    output = args.output if args.output is not None else file_output  # the flag overrides the file
     cells = expand(axes, {dest: CELL_LABELS[dest] for dest in values})
-    records = run_matrix(cells, args.output, launcher=args.launcher, resume=args.resume,
+    records = run_matrix(cells, output, launcher=args.launcher, resume=args.resume,
                          progress=not args.no_progress, interleave=args.interleave)
-    return _finish(records, args.output)
+    # without an output file stdout holds the records, one JSON line each: the table goes to stderr
+    return _finish(records, output, table_file=None if output is not None else sys.stderr)
 
 
 def cmd_maxframes(args) -> int:

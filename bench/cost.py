@@ -182,7 +182,8 @@ def weights_read_per_step(backbone, dtype_bytes: int) -> int:
 # --- device peaks -------------------------------------------------------------------------
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """viperbench's cache: $VIPERBENCH_CACHE_DIR, else $XDG_CACHE_HOME/viperbench, else ~/.cache/viperbench."""
     base = os.environ.get("VIPERBENCH_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "viperbench")
     return Path(base)
@@ -215,7 +216,7 @@ def _probe(device: str, dtype: torch.dtype) -> dict:
 def device_peaks(device: str, dtype: str, device_name: str) -> dict:
     """Peak FLOP/s and bytes/s of the device, measured once per machine and cached in the user cache dir."""
     key = f"{device_name}|{dtype}|threads={torch.get_num_threads()}|torch={torch.__version__}"
-    path = _cache_dir() / "device_peaks.json"
+    path = cache_dir() / "device_peaks.json"
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -148,9 +148,7 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
         try:
             timer = StageTimer(spec.device)
             with timer.stage("decode_video_s"):
-                video = Path(doc.video)
-                if not video.is_absolute() and not video.exists():
-                    video = Path(data_dir) / video
+                video = Path(doc.video)  # the task's path, already under its data directory
                 # a real video LLM's processor resizes the frames itself
                 size = None if bb.takes_frames else vision_side.image_size if vision_side is not None else 32
                 clip = (load_frames(video, fps=fps, max_frames=spec.frames, size=size) if fps

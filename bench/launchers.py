@@ -2,7 +2,8 @@
 
 ``process`` isolates cells (an OOM or a crash cannot poison the next one) and is what
 max-frames probes use. The child is ``python -m bench.worker``: it reads a spec as JSON
-on stdin and prints its record on a line starting with ``RECORD_PREFIX``.
+on stdin and prints its record on a line starting with ``RECORD_PREFIX``; it dies with
+the process that started it, also when that one is killed (``bench.lifeline``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 
+from bench.lifeline import PARENT_ENV
 from bench.records import environment, make_record
 from bench.runner import run_cell
 from bench.spec import CellSpec
@@ -30,7 +32,7 @@ def run_inline(spec: CellSpec) -> dict:
 
 def run_process(spec: CellSpec, timeout: float | None = None) -> dict:
     """Run one cell in a child process and return its record, also when the child dies."""
-    env = {**os.environ, **CHILD_ENV}
+    env = {**os.environ, **CHILD_ENV, PARENT_ENV: str(os.getpid())}
     try:
         proc = subprocess.run([sys.executable, "-m", "bench.worker"], input=json.dumps(spec.to_dict()),
                               capture_output=True, text=True, env=env, timeout=timeout)

@@ -9,7 +9,10 @@ does that and then runs lm-eval's own command line, so every lm-eval flag works:
 ``model_args``: ``arch``, ``preset`` or ``checkpoint``, ``compressor`` (a compressor's own keys
 separated by ``;`` since lm-eval splits ``model_args`` on commas, e.g.
 ``compressor=transv:schedule=uni_2_0.5;init=random``), ``device``, ``dtype``, ``prefill_chunk``,
-``max_length``, ``seed``.
+``max_length``, ``seed``. Any other key, or a value of the wrong type, is a one-line error listing
+the valid keys (a typo never runs silently without what it meant). ``device`` in ``model_args``
+wins over lm-eval's ``--device``; without either, the device is CUDA when it exists, else the CPU
+(lm-eval's own default is CUDA).
 
 Everything runs through the harness's own layer loop: a context is prefilled
 (``bench.pipeline.prefill``), a continuation is teacher-forced one ``decode_step`` at a time
@@ -24,12 +27,38 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from bench.errors import UserError
+
+# model_args key -> its type; ints also have a least value.
+MODEL_ARGS = {"arch": str, "preset": str, "checkpoint": str, "compressor": str, "device": str, "dtype": str,
+              "prefill_chunk": int, "max_length": int, "seed": int}
+LEAST = {"prefill_chunk": 1, "max_length": 1, "seed": 0}
+
+
+def check_model_args(args: dict) -> dict:
+    """lm-eval's parsed ``model_args`` -> the constructor's keywords; unknown keys and wrong types are one line."""
+    unknown = [k for k in args if k not in MODEL_ARGS]
+    if unknown:
+        raise UserError(f"unknown model_args key(s) {', '.join(map(repr, unknown))} for --model viperbench; "
+                        f"valid: {', '.join(MODEL_ARGS)}")
+    out = {}
+    for key, value in args.items():
+        if value is None or value == "":
+            continue
+        if MODEL_ARGS[key] is int:
+            if isinstance(value, bool) or not isinstance(value, int) or value < LEAST[key]:
+                raise UserError(f"model_args {key}={value!r}: must be an integer >= {LEAST[key]}")
+        elif isinstance(value, bool):
+            raise UserError(f"model_args {key}={value!r}: must be a name or a path")
+        out[key] = MODEL_ARGS[key](value)
+    return out
+
 
 @register_model("viperbench")
 class ViperbenchLM(LM):
     def __init__(self, arch: str | None = None, preset: str = "tiny", checkpoint: str | None = None,
                  compressor: str = "none", device: str = "cpu", dtype: str | None = None,
-                 prefill_chunk: int | None = None, max_length: int = 4096, seed: int = 0, **_lm_eval_extras):
+                 prefill_chunk: int | None = None, max_length: int = 4096, seed: int = 0):
         super().__init__()
         from architectures.tokenizer import tokenizer_for
         from bench.runner import build_model
@@ -44,6 +73,26 @@ class ViperbenchLM(LM):
         self.backbone, self.compressor, self.spec = model.backbone, model.compressor, spec
         self.tok = tokenizer_for(self.backbone)
         self.max_length = int(max_length)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "ViperbenchLM":
+        from lm_eval.utils import simple_parse_args_string
+
+        try:
+            args = simple_parse_args_string(arg_string)
+        except (ValueError, IndexError) as exc:
+            raise UserError(f"malformed --model_args {arg_string!r} ({exc}): write key=value,key=value") from None
+        return cls.create_from_arg_obj(args, additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "ViperbenchLM":
+        """lm-eval passes ``batch_size``, ``max_batch_size`` and ``device`` to every model: requests run one at
+        a time here; ``device`` applies unless ``model_args`` names one."""
+        args = check_model_args(dict(arg_dict))
+        device = (additional_config or {}).get("device")
+        if "device" not in args and device:
+            args["device"] = str(device)
+        return cls(**args)
 
     @property
     def tokenizer_name(self) -> str:
@@ -125,12 +174,38 @@ class ViperbenchLM(LM):
         return out
 
 
+def with_default_device(argv: list[str]) -> list[str]:
+    """An evaluation without ``--device`` gets the CPU on a machine without CUDA (lm-eval's default is CUDA)."""
+    evaluates = argv[:1] == ["run"] or (len(argv) > 1 and argv[0] not in ("ls", "validate"))
+    if evaluates and not any(a == "--device" or a.startswith("--device=") for a in argv) \
+            and not torch.cuda.is_available():
+        return [*argv, "--device", "cpu"]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     """lm-eval's command line with the ``viperbench`` model registered."""
+    import logging
     import sys
 
-    from lm_eval.__main__ import cli_evaluate
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.utils import setup_logging
 
-    sys.argv = ["lm-eval", *(sys.argv[1:] if argv is None else argv)]
-    result = cli_evaluate()
+    sys.argv = ["lm-eval", *with_default_device(list(sys.argv[1:] if argv is None else argv))]
+    setup_logging(logging.ERROR)  # as lm-eval's cli_evaluate, quiet but for errors (LMEVAL_LOG_LEVEL still wins)
+    parser = HarnessCLI()
+    try:
+        result = parser.execute(parser.parse_args())
+    except ValueError as exc:
+        if not _raised_by_lm_eval_checks(exc):
+            raise
+        raise UserError(f"lm-eval: {' '.join(str(exc).split())}") from None
     return result if isinstance(result, int) else 0
+
+
+def _raised_by_lm_eval_checks(exc: BaseException) -> bool:
+    """lm-eval checks its flags and config (unknown tasks, bad values) in these modules, with a ValueError."""
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_globals.get("__name__", "").startswith(("lm_eval.config", "lm_eval._cli"))

@@ -7,6 +7,10 @@ or from a TOML file whose top-level keys are cell settings, each a value or a li
     preset = "small"
     frames = [64, 512]
     compressor = ["none", "uniform:layer=0,p=0.5"]
+    output = "results/scaling.jsonl"   # optional: the default output file (``--output`` overrides it)
+
+A relative ``output`` is read from the working directory, as ``--output`` is. With no output
+anywhere, each record is printed on stdout as a JSON line when its cell ends.
 
 Every cell is validated before the first one runs. Each record is appended and flushed as
 soon as its cell ends; ``--resume`` skips cells already recorded as ok or oom.
@@ -15,6 +19,7 @@ soon as its cell ends; ``--resume`` skips cells already recorded as ok or oom.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import sys
 import time
@@ -61,7 +66,8 @@ def axes_from_flags(values: dict[str, object]) -> dict[str, list]:
     return {k: split_values(k, v) for k, v in values.items() if v is not None}
 
 
-def axes_from_toml(path: str, overrides: dict[str, object] | None = None) -> dict[str, list]:
+def axes_from_toml(path: str, overrides: dict[str, object] | None = None) -> tuple[dict[str, list], str | None]:
+    """The file's axes (``overrides``, from flags, replace whole axes) and its ``output`` key, if any."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -76,13 +82,15 @@ def axes_from_toml(path: str, overrides: dict[str, object] | None = None) -> dic
                         f"offset {exc.start})") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"malformed matrix file {path}: {exc}") from None
-    data.pop("output", None)
+    output = data.pop("output", None)
+    if output is not None and not (isinstance(output, str) and output.strip()):
+        raise UserError(f"{path}: output must be a file name (a string), got {output!r}")
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise UserError(f"{path}: unknown cell setting {unknown[0]!r}; valid: {', '.join(FIELDS)}")
     axes = {k: v if isinstance(v, list) else [v] for k, v in data.items()}
     axes.update(axes_from_flags(overrides or {}))
-    return axes
+    return axes, output
 
 
 def describe(spec: CellSpec) -> str:
@@ -117,8 +125,12 @@ def run_matrix(cells: list[CellSpec], output: str | None, *, launcher: str = "in
     if launcher != "ray":  # Ray workers check their own devices
         for cell in cells:
             check_runnable(cell)
-    if output:
+    if output is not None:
         check_writable(output)
+    elif resume:
+        raise UserError("--resume needs the output file to resume: give --output (or output in the matrix file)")
+    else:
+        print("no --output: each record is printed on stdout as a JSON line", file=sys.stderr)
     done = finished_keys(output) if (resume and output) else set()
     todo = [c for c in cells if spec_key(c.to_dict()) not in done]
     if done:
@@ -126,17 +138,24 @@ def run_matrix(cells: list[CellSpec], output: str | None, *, launcher: str = "in
               file=sys.stderr)
     run = LAUNCHERS[launcher]
     records = []
+
+    def keep(record: dict) -> None:
+        """A finished cell's record goes to the output file (or stdout) before anything else happens."""
+        if output is not None:
+            append_record(output, record)
+        else:
+            print(json.dumps(record, default=str), flush=True)
+        records.append(record)
+
     if interleave:
         from bench.runner import run_interleaved
 
-        def keep(cell, record):
-            if output:
-                append_record(output, record)
-            records.append(record)
+        def on_record(cell, record):
+            keep(record)
             print(f"[{len(records)}/{len(todo)}] {describe(cell)}: {one_line(record)}", file=sys.stderr)
 
         print(f"interleaving {len(todo)} cells", file=sys.stderr)
-        run_interleaved(todo, on_record=keep)
+        run_interleaved(todo, on_record=on_record)
         return records
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
@@ -147,9 +166,7 @@ def run_matrix(cells: list[CellSpec], output: str | None, *, launcher: str = "in
             t0 = time.perf_counter()
             record = run(cell)
             record["wall_s"] = time.perf_counter() - t0
-            if output:
-                append_record(output, record)
-            records.append(record)
+            keep(record)
             bar.update(1)
             done_count += 1
             bar.write(f"[{done_count}/{len(cells)}] {describe(cell)}: {one_line(record)}", file=sys.stderr)

@@ -95,17 +95,39 @@ def check_writable(path: str | os.PathLike) -> None:
 
 
 def append_record(path: str | os.PathLike, record: dict) -> None:
-    """Append one line and force it to disk; never rewrite what is already there."""
+    """Append one line and force it to disk; never rewrite what is already there.
+
+    A failed write (disk full, I/O error) prints the record on stdout first, so a long
+    measurement is not lost, cuts the file back to the lines it held, and is one UserError.
+    """
     line = json.dumps(record, default=str) + "\n"
-    with open(path, "a+b") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                line = "\n" + line
-        f.write(line.encode())
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a+b", buffering=0) as f:  # unbuffered: nothing is left to flush after a failure
+            start = f.seek(0, os.SEEK_END)
+            try:
+                if start > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        line = "\n" + line
+                data = memoryview(line.encode())
+                while data:
+                    data = data[f.write(data):]
+                os.fsync(f.fileno())
+            except OSError:
+                _cut_back(f, start)
+                raise
+    except OSError as exc:
+        print(line.strip(), flush=True)
+        raise UserError(f"cannot write output {path}: {exc.strerror or exc}; the record is printed on stdout") \
+            from None
+
+
+def _cut_back(f, size: int) -> None:
+    """Drop what a failed write left after the last complete line (best effort: the file may refuse)."""
+    try:
+        f.truncate(size)
+    except OSError:
+        pass
 
 
 def _json_type(value: Any) -> str:

@@ -19,13 +19,25 @@ Output: a checkpoint in viperbench's layout, loadable with ``--checkpoint``: the
 (the loss curve, one line per step) and ``train_state.pt`` (optimizer and random states).
 The checkpoint is rewritten every ``save_every`` steps; a run started again on the same
 output resumes from it and ends where an uninterrupted run would (deterministic by seed).
+
+A save is crash-safe: the new checkpoint is written whole into ``OUT.partial`` (``train_state.pt``
+last, by an atomic rename, so a directory holding it is complete), then swapped in (``OUT`` to
+``OUT.old``, ``OUT.partial`` to ``OUT``, ``OUT.old`` removed). A run started after a kill at any
+point finishes or undoes the interrupted swap first (``recover``): it resumes from the last
+complete save and never deletes the newest one. The state is loaded with ``torch.load(weights_only=True)``:
+tensors and plain values only, never code.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import pickle
 import shutil
+import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -63,8 +75,13 @@ class TrainSettings:
         if self.task != "vniah":
             raise UserError(f"train generates its data: only --task vniah, got {self.task!r}")
         for name in ("steps", "batch", "tokens_per_frame", "save_every"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"--lr must be a positive finite number, got {self.lr!r}")
+        if not self.lengths or any(not isinstance(n, int) or n < 1 for n in self.lengths):
+            raise UserError(f"--lengths must be positive frame counts, got {','.join(map(str, self.lengths))!r}")
         if self.train == "transv":
             if not self.compressor.split(":")[0] == "transv":
                 raise UserError("--train transv needs --compressor transv:schedule=... (the modules to train)")
@@ -157,15 +174,54 @@ def batch_loss(parts: Parts, frames: torch.Tensor, prompts: list[str], answers: 
     return loss, float((letter_logits.argmax(-1) == letters).float().mean())
 
 
+def _siblings(out: Path) -> tuple[Path, Path]:
+    """Where a save is written (``OUT.partial``) and where the previous one waits during the swap (``OUT.old``)."""
+    return out.with_name(out.name + ".partial"), out.with_name(out.name + ".old")
+
+
+def _complete(path: Path) -> bool:
+    """A checkpoint directory is complete once its state file is in (it is written last, atomically)."""
+    return (path / STATE).is_file()
+
+
+def check_output(output: str) -> Path:
+    """``--output`` must be able to take a checkpoint directory and its siblings: checked before any step runs."""
+    out = Path(output)
+    if out.name in ("", ".", ".."):
+        raise UserError(f"--output {output!r} must name the checkpoint directory itself (each save replaces it "
+                        "as a whole), e.g. --output checkpoints/run1")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {output} is a file, not a checkpoint directory")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--output {output}: {parent} is a file, not a directory")
+            break
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent))
+    except OSError as exc:
+        raise UserError(f"cannot write --output {output} in {out.parent}: {exc.strerror or exc}") from None
+    return out
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save(out: Path, s: TrainSettings, parts: Parts, state: dict, summary: dict) -> None:
-    """Write the whole checkpoint next to ``out``, then swap it in: an interruption keeps the previous one."""
+    """Write the whole checkpoint next to ``out``, then swap it in: a kill at any point keeps a complete one."""
     from safetensors.torch import save_file
     from transformers.utils import logging as hf_logging
 
     from architectures.tokenizer import BYTES_MARKER
 
     hf_logging.disable_progress_bar()  # one bar: the training's
-    tmp = out.with_name(out.name + ".partial")
+    tmp, _ = _siblings(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     parts.backbone.model.save_pretrained(tmp)
@@ -175,16 +231,45 @@ def save(out: Path, s: TrainSettings, parts: Parts, state: dict, summary: dict) 
         save_file(cross, str(tmp / "transv.safetensors"),
                   metadata={"schedule": str(parts.compressor.settings["schedule"])})
     (tmp / BYTES_MARKER).write_text(json.dumps({"tokenizer": "bytes", "pad": 0, "bos": 1, "eos": 2, "offset": 3}) + "\n")
-    torch.save(state, tmp / STATE)
     (tmp / LOSS).write_text("".join(json.dumps(r) + "\n" for r in state["curve"]))
     meta = {"settings": asdict(s), **summary, "base": state.get("base")}
     (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
+    torch.save(state, tmp / (STATE + ".tmp"))
+    for path in sorted(tmp.rglob("*"), reverse=True):  # on disk before the state says the directory is complete
+        _fsync(path)
+    os.replace(tmp / (STATE + ".tmp"), tmp / STATE)
+    _fsync(tmp)
+    _swap_in(out)
+
+
+def _swap_in(out: Path) -> None:
+    """``OUT.partial`` (complete) becomes ``OUT``; the previous ``OUT`` is removed only once it is replaced."""
+    tmp, old = _siblings(out)
     if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
         out.rename(old)
     tmp.rename(out)
+    _fsync(out.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(out: Path) -> None:
+    """Finish or undo a save that a kill interrupted, keeping the newest complete checkpoint.
+
+    Only this module's siblings of a checkpoint are touched: an ``OUT`` that holds no training
+    state is left as it is (``_load_state`` refuses it).
+    """
+    tmp, old = _siblings(out)
+    if out.exists() and not _complete(out):
+        return
+    if tmp.exists() and _complete(tmp):
+        _swap_in(out)  # written whole before the kill: the newest save
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)  # cut short: the save before it is still in OUT (or OUT.old)
+        if not out.exists() and old.exists() and _complete(old):
+            old.rename(out)
+    if out.exists() and old.exists():
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _load_state(out: Path, s: TrainSettings) -> dict | None:
@@ -196,11 +281,16 @@ def _load_state(out: Path, s: TrainSettings) -> dict | None:
             raise UserError(f"output {out} exists and holds no training state: choose another --output")
         return None
     try:
-        state = torch.load(path, weights_only=False)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: the error is one line
+            warnings.simplefilter("ignore")
+            state = torch.load(path, weights_only=True)  # tensors and plain values: a pickle never runs code
         identity = state["identity"]
+    except pickle.UnpicklingError:
+        raise UserError(f"cannot load training state {path}: not a state file of this trainer (only tensors and "
+                        "plain values are loaded, never code); delete it or choose another --output") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable state is one line
-        raise UserError(f"corrupt training checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else exc}") \
-            from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot load training state {path}: corrupt ({reason})") from None
     if identity != s.identity():
         changed = sorted(k for k in s.identity() if identity.get(k) != s.identity()[k])
         raise UserError(f"output {out} holds a run with other settings ({', '.join(changed)}): choose another --output")
@@ -214,7 +304,8 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
     from tasks.vniah import TRAIN_STREAM, stream
 
     s.check()
-    out = Path(s.output)
+    out = check_output(s.output)
+    recover(out)
     state = _load_state(out, s)
     parts = build(s, str(out) if state else s.checkpoint)
     tok = ByteTokenizer(parts.backbone.config.vocab_size)

@@ -1,7 +1,8 @@
 """Child-process entry point: one cell from a JSON spec on stdin, its record on stdout.
 
 With a memory budget, a watchdog thread ends the cell as soon as memory above the
-baseline crosses the budget, printing an ``oom`` record first.
+baseline crosses the budget, printing an ``oom`` record first. The worker dies with the
+process that launched it (``bench.lifeline``), armed before torch is imported.
 """
 
 from __future__ import annotations
@@ -10,20 +11,24 @@ import json
 import os
 import sys
 
-from bench.errors import UserError
-from bench.launchers import RECORD_PREFIX
-from bench.meters import BudgetWatchdog, MemoryMeter
-from bench.records import environment, make_record
-from bench.runner import run_cell
-from bench.spec import check_runnable, make_spec
+from bench.lifeline import die_with_parent
 
 
 def _emit(record: dict) -> None:
+    from bench.launchers import RECORD_PREFIX
+
     sys.stdout.write(RECORD_PREFIX + json.dumps(record, default=str) + "\n")
     sys.stdout.flush()
 
 
 def main() -> int:
+    die_with_parent()
+    from bench.errors import UserError
+    from bench.meters import BudgetWatchdog, MemoryMeter
+    from bench.records import environment, make_record
+    from bench.runner import run_cell
+    from bench.spec import check_runnable, make_spec
+
     try:
         spec = make_spec(json.loads(sys.stdin.read()))
     except (UserError, ValueError) as exc:

@@ -81,13 +81,9 @@ class TransV(TokenDropping):
 
     def _load(self, path: Path) -> None:
         """Trained weights (``viperbench train --train transv``) for the schedule's layers."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from architectures.loading import load_tensors
 
-        try:
-            weights = load_file(str(path))
-        except (OSError, SafetensorError) as exc:
-            raise UserError(f"corrupt TransV weights {path}: {exc}") from None
+        weights = load_tensors(path)
         stored = sorted({int(k.split(".")[0]) for k in weights})
         missing = [s.layer for s in self.plan() if s.layer not in stored]
         if missing:

@@ -131,15 +131,12 @@ class LocalJudge(Judge):
         if not os.path.isdir(model_dir):
             raise UserError(f"judge model directory not found: {model_dir}")
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-            dtype = torch.float32 if device == "cpu" else "auto"
-            self.model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot load judge model from {model_dir}: {first}") from exc
+        from architectures.loading import load_model, load_tokenizer
+
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = load_model(AutoModelForCausalLM, model_dir, dtype=torch.float32 if device == "cpu" else "auto")
         if not getattr(self.tokenizer, "chat_template", None):
             raise UserError(f"judge model {model_dir} has no chat template")
         self.model.to(device).eval()

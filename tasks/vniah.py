@@ -198,11 +198,10 @@ class VNIAH(LetterTask):
     @classmethod
     def default_data(cls, seed: int) -> str:
         """The default evaluation set of ``seed``, generated once into the user's cache directory."""
-        import os
+        from bench.cost import cache_dir
 
         config = Config(seed=seed)
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "viperbench" / "vniah"
-        root = cache / f"seed-{seed}"
+        root = cache_dir() / "vniah" / f"seed-{seed}"
         try:
             if read_config(root) == config and (root / ANNOTATIONS).is_file():
                 return str(root)

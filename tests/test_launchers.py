@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,110 @@ def test_unschedulable_request_warns_once_on_a_cluster(monkeypatch, capsys):
     monkeypatch.setitem(ray_launcher._state, "local", True)
     with pytest.raises(UserError, match="accelerator type 'H100'"):
         ray_launcher._check_feasible(fake, {"num_cpus": 1, "accelerator_type": "H100"})
+
+
+# --- a worker dies with its launcher -----------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for init to reap it."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _wait(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_process_worker_dies_when_the_matrix_is_sigkilled(tmp_path):
+    """A matrix killed mid-cell leaves no worker behind (it would hold device memory during the resume)."""
+    import signal
+
+    cmd = [sys.executable, "-m", "bench.cli", "matrix", "--arch", "hybrid", "--preset", "tiny", "--frames", "2",
+           "--prompt-tokens", "4", "--new-tokens", "2", "--warmup", "0", "--repeats", "100000",
+           "--launcher", "process", "--output", str(tmp_path / "m.jsonl"), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    matrix = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        assert _wait(lambda: bool(_children(matrix.pid)), 120), "no worker started"
+        (worker,) = _children(matrix.pid)
+        assert b"bench.worker" in (Path("/proc") / str(worker) / "cmdline").read_bytes()
+        # mid-cell: torch imported and the model built (the lifeline was armed before either)
+        assert _wait(lambda: _rss_mib(worker) > 200, 120), "the worker never got into its cell"
+        time.sleep(0.5)
+        assert matrix.poll() is None and _alive(worker)
+        matrix.send_signal(signal.SIGKILL)
+        matrix.wait(timeout=30)
+        assert _wait(lambda: not _alive(worker), 5), "the worker outlived the killed matrix"
+    finally:
+        if matrix.poll() is None:
+            matrix.kill()
+        if worker is not None and _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("kernel", [True, False], ids=["pdeathsig", "polling"])
+def test_lifeline_kills_the_child_with_its_parent(kernel):
+    """Both ways of dying with the parent: the kernel's signal, and the polling fallback."""
+    import signal
+
+    child = ("import time; from bench.lifeline import die_with_parent; "
+             f"print(die_with_parent(kernel={kernel}), flush=True); time.sleep(120)")
+    parent = ("import subprocess, sys, time; "
+              f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); print(p.pid, flush=True); time.sleep(120)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", parent], env=env, stdout=subprocess.PIPE, text=True)
+    grandchild = None
+    try:
+        lines = sorted(proc.stdout.readline().strip() for _ in range(2))  # the pid, and how the child is armed
+        grandchild, how = int(lines[0]), lines[1]
+        assert how == ("kernel" if kernel else "poll")
+        assert _alive(grandchild)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert _wait(lambda: not _alive(grandchild), 5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if grandchild is not None and _alive(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
+
+
+def test_lifeline_child_of_a_dead_parent_dies_at_once():
+    """A parent that died before the child armed its lifeline: the child ends instead of running on."""
+    code = "from bench.lifeline import die_with_parent; die_with_parent(parent=1 << 22); print('ran on')"
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9 and "ran on" not in proc.stdout

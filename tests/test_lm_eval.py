@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import types
+from unittest import mock
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ import torch
 pytest.importorskip("lm_eval")
 
 from bench.cli import main  # noqa: E402
-from bench.lm_eval_model import ViperbenchLM  # noqa: E402
+from bench.errors import UserError  # noqa: E402
+from bench.lm_eval_model import MODEL_ARGS, ViperbenchLM, with_default_device  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +90,65 @@ def test_local_task_through_the_command_line(tmp_path, monkeypatch):
     out = tmp_path / "results"
     code = main(["lm-eval", "--model", "viperbench", "--model_args",
                  "arch=transformer,preset=tiny,compressor=uniform:p=0.5", "--tasks", "vb_mc,vb_gen,vb_text",
-                 "--include_path", str(tasks), "--output_path", str(out), "--device", "cpu"])
+                 "--include_path", str(tasks), "--output_path", str(out)])  # no --device: the one that exists
     assert code == 0
     results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
     assert 0.0 <= results["vb_mc"]["acc,none"] <= 1.0
     assert 0.0 <= results["vb_gen"]["exact_match,none"] <= 1.0
     assert results["vb_text"]["word_perplexity,none"] > 1.0
+
+
+# --- model_args: every key checked, lm-eval's own device merged ---------------------------------
+
+LM_EVAL_EXTRAS = {"batch_size": 1, "max_batch_size": None, "device": None}  # what lm-eval passes every model
+
+
+@pytest.mark.parametrize("model_args, needle", [
+    ("arch=transformer,compresor=uniform:p=0.5", "unknown model_args key(s) 'compresor'"),
+    ("arch=transformer,pretrained=x,trust_remote_code=true", "'pretrained', 'trust_remote_code'"),
+    ("arch=transformer,max_length=abc", "max_length='abc': must be an integer >= 1"),
+    ("arch=transformer,max_length=0", "max_length=0: must be an integer >= 1"),
+    ("arch=transformer,max_length=2.5", "max_length=2.5"),
+    ("arch=transformer,max_length=true", "max_length=True"),
+    ("arch=transformer,prefill_chunk=x", "prefill_chunk='x'"),
+    ("arch=transformer,prefill_chunk=-4", "prefill_chunk=-4"),
+    ("arch=transformer,seed=-1", "seed=-1: must be an integer >= 0"),
+    ("arch=transformer,seed=1.5", "seed=1.5"),
+    ("arch=transformer,preset=false", "preset=False"),
+    ("arch=transformer,preset=huge", "unknown preset 'huge'"),
+])
+def test_model_args_unknown_keys_and_wrong_types_are_one_line(model_args, needle):
+    with pytest.raises(UserError) as info:
+        ViperbenchLM.create_from_arg_string(model_args, LM_EVAL_EXTRAS)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    if "unknown model_args" in needle:
+        assert f"valid: {', '.join(MODEL_ARGS)}" in str(info.value)
+
+
+def test_model_args_typed_values_reach_the_model():
+    lm = ViperbenchLM.create_from_arg_string("arch=transformer,preset=tiny,max_length=77,seed=3,prefill_chunk=8,"
+                                             "compressor=uniform:p=0.5", LM_EVAL_EXTRAS)
+    assert lm.max_length == 77 and lm.spec.seed == 3 and lm.spec.prefill_chunk == 8
+    assert lm.compressor.name == "uniform"
+
+
+@pytest.mark.parametrize("model_args, lm_eval_device, expected", [
+    ("arch=transformer,device=cpu", None, "cpu"),  # was a TypeError: device given twice
+    ("arch=transformer,device=cpu", "cuda:0", "cpu"),  # model_args wins
+    ("arch=transformer", "cpu", "cpu"),  # lm-eval's --device
+])
+def test_device_from_model_args_or_lm_eval(model_args, lm_eval_device, expected):
+    lm = ViperbenchLM.create_from_arg_string(model_args, {**LM_EVAL_EXTRAS, "device": lm_eval_device})
+    assert lm.spec.device == expected
+
+
+def test_default_device_is_the_one_that_exists():
+    run = ["--model", "viperbench", "--tasks", "t"]
+    with mock.patch("torch.cuda.is_available", return_value=False):
+        assert with_default_device(run) == [*run, "--device", "cpu"]
+        assert with_default_device(["run", *run]) == ["run", *run, "--device", "cpu"]
+        assert with_default_device([*run, "--device", "cuda"]) == [*run, "--device", "cuda"]  # the user's choice
+        assert with_default_device([*run, "--device=cuda:1"]) == [*run, "--device=cuda:1"]
+        assert with_default_device(["ls", "tasks"]) == ["ls", "tasks"]  # not an evaluation
+    with mock.patch("torch.cuda.is_available", return_value=True):
+        assert with_default_device(run) == run  # lm-eval's own default, CUDA

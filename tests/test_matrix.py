@@ -79,8 +79,10 @@ def test_matrix_flags_resume_and_toml(tmp_path, capsys):
 
     toml = tmp_path / "m.toml"
     toml.write_text('arch = ["transformer", "mamba"]\nframes = [2, 3]\npreset = "tiny"\nprompt_tokens = 4\n'
-                    'new_tokens = 2\nwarmup = 0\nrepeats = 1\noutput = "ignored.jsonl"\n')
-    toml_cells = [c.to_dict() for c in expand(axes_from_toml(str(toml)))]
+                    'new_tokens = 2\nwarmup = 0\nrepeats = 1\noutput = "elsewhere.jsonl"\n')
+    axes, file_output = axes_from_toml(str(toml))
+    assert file_output == "elsewhere.jsonl"
+    toml_cells = [c.to_dict() for c in expand(axes)]
     assert toml_cells == [r["spec"] for r in records]
     flag_axes = {"arch": "transformer,mamba", "frames": "2,3", "preset": "tiny", "prompt_tokens": "4",
                  "new_tokens": "2", "warmup": "0", "repeats": "1"}
@@ -90,7 +92,7 @@ def test_matrix_flags_resume_and_toml(tmp_path, capsys):
     assert "4 of 4" in capsys.readouterr().err
     assert out.read_bytes() == before
     # flags override the file's axes
-    override = expand(axes_from_toml(str(toml), {"arch": "hybrid"}))
+    override = expand(axes_from_toml(str(toml), {"arch": "hybrid"})[0])
     assert [(c.arch, c.frames) for c in override] == [("hybrid", 2), ("hybrid", 3)]
 
 
@@ -103,6 +105,73 @@ def test_resume_reruns_error_cells(tmp_path, capsys):
     assert main(argv + ["--resume"]) == 0
     capsys.readouterr()
     assert [r["status"] for r in iter_records(out)] == ["error", "ok"]
+
+
+# --- where the records go: the TOML's output, --output over it, or stdout -------------------
+
+TINY_TOML = ('arch = ["transformer", "hybrid"]\nframes = 2\npreset = "tiny"\nprompt_tokens = 4\nnew_tokens = 2\n'
+             'warmup = 0\nrepeats = 1\n')
+
+
+def test_matrix_toml_output_key_is_the_default_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative output is read from the working directory, as --output is
+    toml = tmp_path / "m.toml"
+    toml.write_text(TINY_TOML + 'output = "from-toml.jsonl"\n')
+    assert main(["matrix", str(toml), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert [r["spec"]["arch"] for r in iter_records(tmp_path / "from-toml.jsonl")] == ["transformer", "hybrid"]
+    # --output on the command line overrides the file's output
+    flag = tmp_path / "from-flag.jsonl"
+    assert main(["matrix", str(toml), "--output", str(flag), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert len(list(iter_records(flag))) == 2 and len(list(iter_records(tmp_path / "from-toml.jsonl"))) == 2
+    # --resume finds the TOML's output too
+    assert main(["matrix", str(toml), "--resume", "--no-progress"]) == 0
+    assert "2 of 2 cells already recorded in from-toml.jsonl" in capsys.readouterr().err
+
+
+def test_matrix_without_output_prints_every_record_on_stdout(tmp_path, capsys):
+    toml = tmp_path / "m.toml"
+    toml.write_text(TINY_TOML)
+    assert main(["matrix", str(toml), "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in out.splitlines()]  # stdout is JSONL: `> results.jsonl` keeps them
+    assert [(r["spec"]["arch"], r["status"]) for r in records] == [("transformer", "ok"), ("hybrid", "ok")]
+    assert "printed on stdout" in err and "transformer" in err  # the note, and the summary table on stderr
+
+
+def test_matrix_resume_without_output_is_refused(tmp_path, capsys):
+    from tests.bad_input import user_error
+
+    user_error(capsys, ["matrix", "--arch", "transformer", "--frames", "2", *SMALL, "--resume", "--no-progress"],
+               "--resume", "--output")
+
+
+def test_disk_full_stops_the_matrix_and_keeps_the_records_written(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import bench.records
+
+    out = tmp_path / "m.jsonl"
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):  # the second record's write hits a full disk
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(bench.records.os, "fsync", fsync)
+    rc = main(["matrix", "--arch", "transformer,mamba,hybrid", "--frames", "2", *SMALL, "--output", str(out),
+               "--no-progress"])
+    stdout, stderr = capsys.readouterr()
+    assert rc == 2
+    assert stderr.splitlines()[-1] == (f"viperbench: error: cannot write output {out}: No space left on device; "
+                                       "the record is printed on stdout")
+    assert "Traceback" not in stderr
+    assert json.loads(stdout.strip().splitlines()[-1])["spec"]["arch"] == "mamba"  # the measured record, printed
+    assert [r["spec"]["arch"] for r in iter_records(out)] == ["transformer"]  # intact; the cut line removed
+    assert out.read_text().count("\n") == 1  # and the hybrid cell never ran
 
 
 # --- failures do not stop the matrix ------------------------------------------------------

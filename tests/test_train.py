@@ -117,7 +117,175 @@ def test_bad_input(trained, tmp_path, capsys):
     corrupt.mkdir()
     (corrupt / "train_state.pt").write_bytes(b"not a checkpoint")
     assert main(["train", "--arch", "transformer", "--output", str(corrupt), "--no-progress"]) == 2
-    assert "corrupt training checkpoint" in capsys.readouterr().err
+    assert "cannot load training state" in capsys.readouterr().err
     other = replace(TrainSettings(output=str(base), **QUICK), seed=1)
     with pytest.raises(UserError, match="other settings \\(seed\\)"):
         train(other, progress=False)
+
+
+# --- a kill at every point of a checkpoint save ----------------------------------------------
+
+class Killed(BaseException):
+    """The process dies here (BaseException: nothing in the trainer catches it)."""
+
+
+KILL = dict(arch="transformer", steps=4, batch=2, lengths=(4,), warmup=0, save_every=2, tokens_per_frame=4, seed=3)
+
+
+def _file_operations():
+    """Every call that changes files during a save, including the ones inside the libraries' savers."""
+    import os
+    import pathlib
+    import shutil
+
+    import safetensors.torch
+    import transformers
+
+    from architectures.vision import VisionSide
+
+    return [(shutil, "rmtree"), (pathlib.Path, "mkdir"), (pathlib.Path, "rename"), (pathlib.Path, "write_text"),
+            (os, "replace"), (os, "rename"), (os, "fsync"), (torch, "save"), (safetensors.torch, "save_file"),
+            (transformers.PreTrainedModel, "save_pretrained"), (VisionSide, "save")]
+
+
+def _die_at(monkeypatch, k: int | None, mode: str = "before") -> dict:
+    """Arm a kill at the k-th file operation of the last save (k=None: only count them).
+
+    ``before``: the process dies just before the operation; ``during``: a text file is left half
+    written, a tree half removed, then the process dies.
+    """
+    import pathlib
+
+    log = {"ops": 0, "names": [], "committed": False, "armed": False}
+    for owner, name in _file_operations():
+        real = getattr(owner, name)
+
+        def wrapped(*args, _real=real, _name=name, **kwargs):
+            if log["armed"]:
+                log["ops"] += 1
+                log["names"].append(_name)
+                if log["ops"] == k:
+                    if mode == "during" and _name == "write_text":
+                        pathlib.Path(args[0]).write_bytes(args[1].encode()[: len(args[1]) // 2])
+                    elif mode == "during" and _name == "rmtree" and pathlib.Path(args[0]).is_dir():
+                        victim = next((p for p in sorted(pathlib.Path(args[0]).rglob("*")) if p.is_file()), None)
+                        if victim is not None:
+                            victim.unlink()
+                    raise Killed(f"{_name} #{k}")
+            result = _real(*args, **kwargs)
+            if log["armed"] and _name == "replace" and pathlib.Path(args[1]).name == train_mod.STATE:
+                log["committed"] = True  # the new checkpoint is complete from here on
+            return result
+
+        monkeypatch.setattr(owner, name, wrapped)
+    real_save = train_mod.save
+
+    def save(out, s, parts, state, summary):
+        log["armed"] = state["step"] == KILL["steps"]  # the second save: a previous complete one exists
+        try:
+            real_save(out, s, parts, state, summary)
+        finally:
+            log["armed"] = False
+
+    monkeypatch.setattr(train_mod, "save", save)
+    return log
+
+
+def _steps_run(monkeypatch) -> dict:
+    real, count = train_mod.batch_loss, {"n": 0}
+
+    def counted(*args, **kwargs):
+        count["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "batch_loss", counted)
+    return count
+
+
+@pytest.fixture(scope="module")
+def kill_reference(tmp_path_factory):
+    """An uninterrupted run, and a copy of its checkpoint after the first save (step 2)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("kill")
+    full = root / "full"
+    train(TrainSettings(output=str(full), **KILL), progress=False)
+    first = root / "first"
+    train(TrainSettings(output=str(first), **{**KILL, "steps": KILL["save_every"]}), progress=False)
+    # the same state a 4-step run has after its first save, except the target step count in training.json
+    assert curve(first) == curve(full)[:2]
+    return full, first
+
+
+def test_a_kill_at_every_point_of_save_resumes_from_the_last_complete_save(kill_reference, tmp_path):
+    import shutil
+
+    full, first = kill_reference
+    with pytest.MonkeyPatch.context() as mp:  # how many file operations one save makes
+        log = _die_at(mp, None)
+        out = tmp_path / "count"
+        shutil.copytree(first, out)
+        train(TrainSettings(output=str(out), **KILL), progress=False)
+        names = log["names"]
+    assert len(names) >= 10 and {"rename", "replace", "rmtree"} <= set(names), names
+    halfway = [k for k, name in enumerate(names, 1) if name in ("write_text", "rmtree")]
+    reference = load_file(full / "model.safetensors")
+    for mode, points in (("before", range(1, len(names) + 1)), ("during", halfway)):
+        for k in points:
+            out = tmp_path / f"{mode}{k}" / "ckpt"
+            shutil.copytree(first, out)
+            with pytest.MonkeyPatch.context() as mp:
+                log = _die_at(mp, k, mode)
+                with pytest.raises(Killed):
+                    train(TrainSettings(output=str(out), **KILL), progress=False)
+            last_complete = 4 if log["committed"] else 2
+            siblings = [out, out.with_name("ckpt.partial"), out.with_name("ckpt.old")]
+            assert any((d / train_mod.STATE).is_file() for d in siblings), (mode, k)  # progress is never gone
+            with pytest.MonkeyPatch.context() as mp:
+                steps = _steps_run(mp)
+                train(TrainSettings(output=str(out), **KILL), progress=False)
+            assert steps["n"] == KILL["steps"] - last_complete, (mode, k, steps["n"])  # resumed, not restarted
+            assert curve(out) == curve(full), (mode, k)
+            weights = load_file(out / "model.safetensors")
+            assert all(torch.equal(weights[n], reference[n]) for n in reference), (mode, k)
+            assert sorted(p.name for p in out.parent.iterdir()) == ["ckpt"], (mode, k)  # no leftovers
+
+
+def test_a_training_run_sigkilled_during_a_save_resumes(tmp_path):
+    """The real thing: a child killed (SIGKILL) while it writes a checkpoint; the rerun resumes from a save."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    settings = dict(arch="transformer", steps=20, batch=1, lengths=(4,), save_every=1, tokens_per_frame=4)
+    out = tmp_path / "run"
+    partial = tmp_path / "run.partial"
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "bench.cli", "train", "--arch", "transformer", "--steps", "20", "--batch", "1",
+           "--lengths", "4", "--tokens-per-frame", "4", "--save-every", "1", "--output", str(out), "--no-progress"]
+    child = subprocess.Popen(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while child.poll() is None and time.monotonic() < deadline:
+            if partial.exists() and (out.exists() or (tmp_path / "run.old").exists()):  # mid-save, a save before
+                child.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    if child.returncode != -signal.SIGKILL:
+        pytest.skip("the run ended before a save could be caught")
+    with pytest.MonkeyPatch.context() as mp:
+        ran = _steps_run(mp)
+        train(TrainSettings(output=str(out), **settings), progress=False)
+    assert ran["n"] < 20  # resumed from a save, not from step 0
+    reference = tmp_path / "reference"
+    train(TrainSettings(output=str(reference), **settings), progress=False)
+    assert curve(out) == curve(reference)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reference", "run"]

@@ -27,10 +27,7 @@ def detect(checkpoint: str) -> str:
     """The architecture name for a checkpoint directory (its config.json ``model_type``)."""
     from architectures.base import read_checkpoint_config
 
-    raw = read_checkpoint_config(checkpoint)
-    if raw.get("auto_map"):
-        raise UserError(f"checkpoint {checkpoint} needs remote code (config.json has auto_map); refused: "
-                        "viperbench runs only the library's own classes and never executes checkpoint code")
+    raw = read_checkpoint_config(checkpoint)  # refuses remote code (auto_map)
     model_type = raw.get("model_type")
     if model_type in FAMILIES:
         return FAMILIES[model_type]

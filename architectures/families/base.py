@@ -22,6 +22,7 @@ from torch import nn
 from architectures import attention
 from architectures.base import Backbone
 from architectures.families import check_checkpoint_dir
+from architectures.loading import load_config, load_model, load_processor, meta_model
 from architectures.tokens import TokenState
 from bench.errors import UserError
 from tasks.video import Clip
@@ -91,17 +92,15 @@ class FamilyBackbone(Backbone):
         if raw.get("model_type") != cls.family:
             raise UserError(f"checkpoint {checkpoint} is a {raw.get('model_type')!r} model; {cls.name} needs "
                             f"{cls.family!r}")
-        return cls.config_class.from_pretrained(checkpoint, local_files_only=True)
+        return load_config(cls.config_class, checkpoint)
 
     @classmethod
     def build(cls, preset: str | None = "tiny", checkpoint: str | None = None, device="cpu",
               dtype=torch.float32, seed: int = 0) -> "FamilyBackbone":
-        from transformers import AutoProcessor
-
         if checkpoint:
             config = cls.check_checkpoint(checkpoint)
-            model = cls.model_class.from_pretrained(checkpoint, config=config, dtype=dtype, local_files_only=True)
-            processor = AutoProcessor.from_pretrained(checkpoint, local_files_only=True)
+            model = load_model(cls.model_class, checkpoint, config=config, dtype=dtype)
+            processor = load_processor(checkpoint)
             return cls(model.to(device), processor, checkpoint=str(checkpoint))
         from architectures.families.offline import make_processor
 
@@ -113,9 +112,11 @@ class FamilyBackbone(Backbone):
 
     @classmethod
     def skeleton(cls, preset: str | None = None, checkpoint: str | None = None) -> "FamilyBackbone":
-        config = cls.check_checkpoint(checkpoint) if checkpoint else cls.make_config(preset)
+        if checkpoint:
+            return cls(meta_model(cls.model_class, cls.check_checkpoint(checkpoint), checkpoint), None,
+                       preset=preset, checkpoint=checkpoint)
         with torch.device("meta"):
-            return cls(cls.model_class(config), None, preset=preset, checkpoint=checkpoint)
+            return cls(cls.model_class(cls.make_config(preset)), None, preset=preset)
 
     @classmethod
     def param_count(cls, preset: str) -> int:
