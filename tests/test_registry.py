@@ -215,7 +215,7 @@ def test_cli_list_json(capsys):
     assert data["architectures"]["transformer"]["presets"]["paper"]["params"] == 8_190_735_360
 
 
-def test_cli_bad_subcommand_exits_2():
-    with pytest.raises(SystemExit) as info:
-        main(["no-such-command"])
-    assert info.value.code == 2
+def test_cli_bad_subcommand_exits_2(capfd):
+    from tests.bad_input import user_error
+
+    user_error(capfd, ["no-such-command"], "no-such-command")
