@@ -9,8 +9,9 @@
   ... so a drift of the machine's speed hits both sides alike.
 - Per cell and metric, pair i gives one ratio head_i / base_i of the two runs' medians. The
   gate's estimate is the geometric mean of those ratios, with a Student t interval on their
-  logarithms (``bench.stats.paired_ratio_ci``) at a Bonferroni-corrected level over every gated
-  (cell, metric), so the chance that an unchanged tree fails anywhere stays below ``alpha``.
+  logarithms (``bench.stats.paired_ratio_ci``); each gated (cell, metric) is a one-sided test at
+  ``alpha / m`` (Bonferroni over the m of them), so the chance that an unchanged tree fails
+  anywhere stays below ``alpha``.
   A timing regresses when that whole interval lies on the worse side of 1 and the estimate is
   beyond ``tolerance``. Every cell is judged on its own numbers: a slowdown in one backbone
   cannot hide behind a ratio to another.
@@ -164,7 +165,8 @@ def decide(pairs: list[tuple[list[dict], list[dict]]], tolerance: float, alpha: 
             values[(label, use, higher)] = (b_values, h_values)
         for row in work_rows(label, base["metrics"], head["metrics"]):
             out.append(Verdict(row.cell, row.metric, row.old, row.new, row.ratio, None, None, row.verdict, row.note))
-    level = 1 - alpha / max(1, len(series))
+    # each (cell, metric) is tested one-sided at alpha / m (Bonferroni): a two-sided interval at 1 - 2 alpha / m
+    level = 1 - 2 * alpha / max(1, len(series))
     for (label, metric, higher), ratios in series.items():
         if len(ratios) < 2:
             out.append(Verdict(label, metric, None, None, None, None, None, "info", "fewer than 2 pairs"))
