@@ -32,3 +32,16 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+FAMILIES = ["qwen3_vl", "qwen3_vl_moe", "nemotron_h_omni", "llava_onevision"]
+
+
+@pytest.fixture(scope="session")
+def family_checkpoints(tmp_path_factory):
+    """One tiny checkpoint of each real video LLM family, written by the library's save_pretrained
+    (tests that change one copy it first)."""
+    from architectures.families.offline import write_checkpoint
+
+    root = tmp_path_factory.mktemp("families")
+    return {arch: write_checkpoint(arch, "tiny", root / arch) for arch in FAMILIES}

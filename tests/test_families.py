@@ -21,9 +21,8 @@ PROMPT = "what happens in the video ?"
 
 
 @pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("families")
-    return {arch: write_checkpoint(arch, "tiny", root / arch) for arch in FAMILIES}
+def checkpoints(family_checkpoints):
+    return family_checkpoints
 
 
 def frames(n=4, side=64, seed=0):

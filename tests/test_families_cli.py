@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from architectures import ARCHITECTURES
-from architectures.families.offline import write_checkpoint
 from bench.cli import main
 from tasks import fixtures
 from tests.test_cli_errors import user_error
@@ -18,10 +17,9 @@ from tests.test_families import library_kwargs, library_model
 FAMILIES = ["qwen3_vl", "qwen3_vl_moe", "nemotron_h_omni", "llava_onevision"]
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    return {arch: write_checkpoint(arch, "tiny", root / arch) for arch in FAMILIES}
+@pytest.fixture(scope="session")
+def ckpts(family_checkpoints):
+    return family_checkpoints
 
 
 @pytest.fixture(scope="module")

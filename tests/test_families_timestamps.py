@@ -18,7 +18,6 @@ from transformers.video_utils import VideoMetadata
 
 from architectures import ARCHITECTURES
 from architectures.families.base import FamilyBackbone
-from architectures.families.offline import write_checkpoint
 from bench.cli import main
 from tasks import fixtures
 from tasks.video import Clip, rate_indices, uniform_indices
@@ -33,10 +32,9 @@ CLIPS = {
 }
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ts")
-    return {arch: write_checkpoint(arch, "tiny", root / arch) for arch in FAMILIES}
+@pytest.fixture(scope="session")
+def ckpts(family_checkpoints):
+    return family_checkpoints
 
 
 @pytest.fixture(scope="module")
