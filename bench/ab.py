@@ -5,8 +5,10 @@
 - A side is a directory holding a viperbench checkout, or a git revision of this project's
   repository, exported (``git archive``) into a temporary directory.
 - Each pair runs the matrix (``matrix --interleave``) once for each side, each in a fresh child
-  process that imports *that* checkout's code; the order alternates (base, head), (head, base),
-  ... so a drift of the machine's speed hits both sides alike.
+  process that imports *that* checkout's code. With two or more CPUs the two sides of a pair
+  run at the same time, each pinned to its own core, so a slow spell of the machine (another
+  tenant, a throttled host) falls on both; the cores and the start order swap every pair. On
+  one CPU they run in turn, (base, head), (head, base), ...
 - Per cell and metric, pair i gives one ratio head_i / base_i of the two runs' medians. The
   gate's estimate is the geometric mean of those ratios, with a Student t interval on their
   logarithms (``bench.stats.paired_ratio_ci``); each gated (cell, metric) is a one-sided test at
@@ -89,22 +91,38 @@ def resolve(name: str, given: str, scratch: Path) -> Side:
     return Side(name, given, out, commit[:12])
 
 
-def run_side(side: Side, matrix: Path, out: Path, timeout: float) -> list[dict]:
-    """The matrix, interleaved, in a fresh child process that imports this side's code."""
-    from bench.records import iter_records
-
+def start_side(side: Side, matrix: Path, out: Path, core: int | None) -> subprocess.Popen:
+    """The matrix, interleaved, in a fresh child process that imports this side's code (on one core)."""
     env = {**os.environ, "PYTHONPATH": str(side.path)}
     env.setdefault("OMP_NUM_THREADS", "1")
     cmd = [sys.executable, "-m", "bench.cli", "matrix", str(matrix), "--interleave", "--no-progress",
            "--output", str(out)]
+    pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
+    return subprocess.Popen(cmd, cwd=side.path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=pin)
+
+
+def finish_side(side: Side, proc: subprocess.Popen, matrix: Path, out: Path, timeout: float) -> list[dict]:
+    from bench.records import iter_records
+
     try:
-        proc = subprocess.run(cmd, cwd=side.path, env=env, capture_output=True, text=True, timeout=timeout)
+        _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
         raise UserError(f"the {side.name} side ({side.given}) ran past {timeout:.0f} s on {matrix}") from None
     if proc.returncode == 2 or not out.exists():
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        last = (err.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"the {side.name} side ({side.given}) cannot run {matrix}: {last}")
     return list(iter_records(str(out)))
+
+
+def cores() -> list[int]:
+    """The CPUs this process may run on (Linux), else none known."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return []
 
 
 def _key(record: dict) -> tuple:
@@ -198,8 +216,8 @@ def render(verdicts: list[Verdict]) -> str:
 
 
 def run_ab(base: str, head: str, matrix: str | None, pairs: int, tolerance: float, alpha: float,
-           output: str | None = None, timeout: float = 1800, log=None) -> list[Verdict]:
-    """Run the pairs and decide. ``log(message)`` sees one line per side run."""
+           output: str | None = None, timeout: float = 1800, log=None, parallel: bool = True) -> list[Verdict]:
+    """Run the pairs and decide. ``log(message)`` sees one line per pair."""
     from bench.records import append_record
 
     matrix_path = Path(matrix) if matrix else DEFAULT_MATRIX
@@ -212,19 +230,38 @@ def run_ab(base: str, head: str, matrix: str | None, pairs: int, tolerance: floa
     try:
         sides = {"base": resolve("base", base, scratch), "head": resolve("head", head, scratch)}
         results: list[tuple[list[dict], list[dict]]] = []
+        free = cores()
+        together = parallel and len(free) >= 2
         for i in range(pairs):
             order = ("base", "head") if i % 2 == 0 else ("head", "base")
-            got = {}
-            for name in order:
-                t0 = time.perf_counter()
-                got[name] = run_side(sides[name], matrix_path, scratch / f"{name}-{i}.jsonl", timeout)
-                if log:
-                    log(f"pair {i + 1}/{pairs}: {name} ({sides[name].commit or sides[name].given}) "
-                        f"{time.perf_counter() - t0:.0f} s")
-                if output:
+            got, t0 = {}, time.perf_counter()
+            if together:  # both at once, each on its own core; cores and start order swap every pair
+                pins = dict(zip(order, (free[0], free[1])))
+                procs = {name: start_side(sides[name], matrix_path, scratch / f"{name}-{i}.jsonl", pins[name])
+                         for name in order}
+                try:
+                    for name in order:
+                        got[name] = finish_side(sides[name], procs[name], matrix_path, scratch / f"{name}-{i}.jsonl",
+                                                timeout)
+                finally:
+                    for proc in procs.values():
+                        if proc.poll() is None:
+                            proc.kill()
+            else:
+                for name in order:
+                    out = scratch / f"{name}-{i}.jsonl"
+                    got[name] = finish_side(sides[name], start_side(sides[name], matrix_path, out, None), matrix_path,
+                                            out, timeout)
+            if log:
+                log(f"pair {i + 1}/{pairs}: base {sides['base'].commit or sides['base'].given}, head "
+                    f"{sides['head'].commit or sides['head'].given}, {'together' if together else 'in turn'}, "
+                    f"{time.perf_counter() - t0:.0f} s")
+            if output:
+                for name in order:
                     for record in got[name]:
                         append_record(output, {**record, "ab": {"side": name, "pair": i, "given": sides[name].given,
-                                                                "commit": sides[name].commit}})
+                                                                "commit": sides[name].commit,
+                                                                "together": together}})
             results.append((got["base"], got["head"]))
         return decide(results, tolerance, alpha)
     finally:

@@ -169,11 +169,14 @@ def build_parser() -> Parser:
     p.add_argument("matrix", nargs="?", help="TOML matrix (default results/baselines/ab-gate.toml)")
     p.add_argument("--base", required=True, help="a viperbench checkout directory or a git revision")
     p.add_argument("--head", default=".", help="a viperbench checkout directory or a git revision (default .)")
-    p.add_argument("--pairs", type=flags.positive_int, default=5, help="base/head pairs of fresh processes (default 5)")
+    p.add_argument("--pairs", type=flags.positive_int, default=10,
+                   help="base/head pairs of fresh processes (default 10)")
     p.add_argument("--tolerance", type=flags.percent, default="2%", help="smallest timing change that counts (default 2%%)")
     p.add_argument("--alpha", type=flags.fraction, default=0.05,
                    help="chance that an unchanged tree fails, over all gated timings together (default 0.05)")
     p.add_argument("--output", help="append every side's records, tagged with side and pair, to this JSONL file")
+    p.add_argument("--in-turn", action="store_true",
+                   help="run a pair's two sides one after the other (default: at once, one core each, with 2+ CPUs)")
     p.add_argument("--only-regressions", action="store_true", help="print only the rows that fail")
 
     p = sub.add_parser("history", help="per-commit history of gate metrics with step detection (SQLite store)")
@@ -413,7 +416,8 @@ def cmd_ab(args) -> int:
     if not 0 < args.alpha < 1:
         raise UserError(f"--alpha must be between 0 and 1, got {args.alpha}")
     verdicts = run_ab(args.base, args.head, args.matrix, args.pairs, args.tolerance, args.alpha,
-                      output=args.output, log=lambda line: print(line, file=sys.stderr, flush=True))
+                      output=args.output, log=lambda line: print(line, file=sys.stderr, flush=True),
+                      parallel=not args.in_turn)
     bad = [v for v in verdicts if v.verdict == "REGRESSION"]
     print(render(bad if args.only_regressions else verdicts))
     if bad:
