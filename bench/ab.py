@@ -151,8 +151,8 @@ def decide(pairs: list[tuple[list[dict], list[dict]]], tolerance: float, alpha: 
     from bench.compare import _label, work_rows
     from bench.stats import paired_ratio_ci
 
-    base0 = {_key(r): r for r in pairs[0][0]}
-    head0 = {_key(r): r for r in pairs[0][1]}
+    indexed = [({_key(r): r for r in b_run}, {_key(r): r for r in h_run}) for b_run, h_run in pairs]
+    base0, head0 = indexed[0]
     if set(base0) != set(head0):
         only = sorted(str(k) for k in set(base0) ^ set(head0))[:2]
         raise UserError(f"the two sides ran different cells (e.g. {', '.join(only)}): mismatched matrices")
@@ -172,8 +172,8 @@ def decide(pairs: list[tuple[list[dict], list[dict]]], tolerance: float, alpha: 
         for metric, (higher, cpu_twin) in GATED.items():
             use = cpu_twin if all(cpu_twin in r["metrics"] for r in (base, head)) else metric
             ratios, b_values, h_values = [], [], []
-            for b_run, h_run in pairs:
-                b, h = {_key(r): r for r in b_run}.get(key), {_key(r): r for r in h_run}.get(key)
+            for b_index, h_index in indexed:
+                b, h = b_index.get(key), h_index.get(key)
                 if not b or not h or b.get("status") != "ok" or h.get("status") != "ok":
                     continue
                 b_values.append(b["metrics"][use])
@@ -204,8 +204,7 @@ def decide(pairs: list[tuple[list[dict], list[dict]]], tolerance: float, alpha: 
 def render(verdicts: list[Verdict]) -> str:
     from tabulate import tabulate
 
-    def num(v):
-        return "—" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+    from bench.compare import _fmt as num
 
     body = [[v.cell, v.metric, num(v.base), num(v.head),
              "—" if v.ratio is None else (f"{v.ratio:.3f}" if v.low is None else

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.compare import TIMING
 from bench.errors import UserError
 
 SCHEMA = """
@@ -40,13 +41,9 @@ CREATE TABLE IF NOT EXISTS points (
 CREATE INDEX IF NOT EXISTS points_series ON points(cell, metric);
 """
 TABLES = {"runs", "points"}
-# metric -> higher is better
-TIMINGS = {"prefill_tok_s": True, "decode_tok_s": True, "prefill_cpu_tok_s": True, "decode_cpu_tok_s": True,
-           "ttft_s": False}
 OTHER = {"peak_mem_bytes": False, "work.prefill.ops": False, "work.decode_per_token.ops": False,
          "work.prefill.alloc_bytes": False, "work.decode_per_token.alloc_bytes": False}
-HIGHER = {**TIMINGS, **OTHER}
-
+HIGHER = {**TIMING, **OTHER}  # metric -> higher is better
 
 def default_store() -> Path:
     if os.environ.get("VIPERBENCH_HISTORY"):

@@ -108,7 +108,7 @@ def test_item7_train_output_in_a_read_only_directory(capfd, tmp_path, no_trainin
     ("--lengths", "4,x", "'4,x'"),
 ])
 def test_item7_train_numbers_refused(capfd, tmp_path, no_training, flag, value, shown):
-    user_error(capfd, [*TRAIN, "--output", str(tmp_path / "run"), f"{flag}={value}"], flag, value)
+    user_error(capfd, [*TRAIN, "--output", str(tmp_path / "run"), f"{flag}={value}"], flag, f"got {value!r}")
     assert not (tmp_path / "run").exists()
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from bench.cli import main
 from bench.records import append_record, make_record
+from tests.bad_input import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--frames", "2", "--prompt-tokens", "4", "--new-tokens", "2",
@@ -19,13 +20,6 @@ TINY = ["--preset", "tiny", "--frames", "2", "--prompt-tokens", "4", "--new-toke
 def run_args(*extra: str, arch: str = "transformer") -> list[str]:
     """A cheap `run` command line; later flags override earlier ones (argparse keeps the last)."""
     return ["run", "--arch", arch, *TINY, *extra]
-
-
-def assert_one_line_error(err: str, *needles: str) -> None:
-    assert err.endswith("\n") and err.count("\n") == 1, f"expected exactly one stderr line, got {err!r}"
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in err, f"{needle!r} not in {err!r}"
 
 
 def user_error(capsys, argv: list[str], *needles: str) -> str:
