@@ -3,7 +3,7 @@
 An adapter names the library classes, the presets (config kwargs) and how to call one
 layer. Everything else (building on a device, loading a checkpoint, parameter counts,
 the cache, embedding and the head) is shared here. The loop itself lives in
-``bench.pipeline`` so that compressors can act between layers.
+``bench.engine.pipeline`` so that compressors can act between layers.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ class Backbone:
         total = cls.param_count(preset)
         return {"total": total, "active": total}
 
-    # --- pieces of the forward pass, used by bench.pipeline ------------------------------
+    # --- pieces of the forward pass, used by bench.engine.pipeline ------------------------------
     @property
     def decoder(self) -> nn.Module:
         return self.model.base_model

@@ -37,7 +37,7 @@ class TokenState:
     frames: torch.Tensor | None = None
     per_vision: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     # Kept on the host so that a pass never reads the device to shape its tensors (no sync, and
-    # fake-tensor passes work: bench.fake_pass): how many vision tokens, and the index just after
+    # fake-tensor passes work: bench.predict.fake_pass): how many vision tokens, and the index just after
     # the last one (where the instruction starts). -1: count them from the mask.
     n_vision: int = -1
     vision_end: int = -1

@@ -151,7 +151,7 @@ def batch_of(rng: np.random.Generator, s: TrainSettings, step: int):
 def batch_loss(parts: Parts, frames: torch.Tensor, prompts: list[str], answers: list[str], tok):
     """Cross-entropy of the answer letter after ``[BOS][video][question]`` (and, when the whole model
     trains, of EOS after the letter, so that generation stops there); the letter's accuracy."""
-    from bench.pipeline import prefill
+    from bench.engine.pipeline import prefill
 
     bb, side = parts.backbone, parts.vision
     b, length = frames.shape[:2]

@@ -5,7 +5,7 @@
 2. ``after_projector``: on the projected vision tokens [batch, frames, tokens, hidden],
    before the LLM (e.g. STC-Pruner, VisionZip); returns [batch, tokens', hidden].
 3. ``before_layer``: before LLM layer i on the whole prefill sequence (a
-   ``bench.pipeline.TokenState``), for the layers in ``llm_layers``; it may shorten the
+   ``bench.engine.pipeline.TokenState``), for the layers in ``llm_layers``; it may shorten the
    sequence, keeping hidden states, positions and the vision span consistent.
 
 Each compressor accounts for what it did during a pass (``record``: tokens in and out per

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.ab import decide, is_checkout
+from bench.reporting.ab import decide, is_checkout
 from bench.errors import UserError
 from tests.bad_input import REPO, child_user_error, user_error
 
@@ -42,7 +42,7 @@ def ab(*argv: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_added_work_in_the_head_fails_and_names_the_op(tmp_path, matrix):
     head = copy_of_the_code(tmp_path / "head")
-    generate = head / "bench" / "generate.py"
+    generate = head / "bench" / "engine" / "generate.py"
     generate.write_text(generate.read_text().replace(
         "            token = decode_step(backbone, token, seq)",
         "            torch.ones(4, 4).sum()\n            token = decode_step(backbone, token, seq)"))

@@ -1,6 +1,6 @@
 """Correctness oracles for the backbone adapters: the harness's layer loop must reproduce the library.
 
-Every test compares what ``bench.pipeline`` computes (embed -> layer loop -> final norm ->
+Every test compares what ``bench.engine.pipeline`` computes (embed -> layer loop -> final norm ->
 head, optionally chunked, with its own cache bookkeeping) against the transformers model's
 own ``forward``/``generate`` on the same random-weight ``tiny`` model.
 """
@@ -18,7 +18,7 @@ from architectures import ARCHITECTURES
 from architectures import attention as attention_mod
 from architectures.base import ATTENTION, MAMBA, MLP
 from architectures.hybrid import PAPER_LAYOUT, Hybrid, timeviper_layout
-from bench.pipeline import decode_step, greedy_generate, prefill
+from bench.engine.pipeline import decode_step, greedy_generate, prefill
 
 ARCHS = ["transformer", "mamba", "hybrid"]
 ATTN_ARCHS = ["transformer", "hybrid"]
@@ -312,7 +312,7 @@ def test_tiny_hybrid_layer_kinds():
 @pytest.mark.parametrize("preset", ["tiny", "small", "paper"])
 def test_hybrid_kv_cache_is_a_ninth_of_the_transformers(preset):
     """Per token, the Transformer's KV cache is 9x the hybrid's at every preset, as in the paper."""
-    from bench.cost import kv_bytes_per_token
+    from bench.measure.cost import kv_bytes_per_token
 
     def kv_per_token(arch):
         return kv_bytes_per_token(ARCHITECTURES.get(arch).skeleton(preset), 4)

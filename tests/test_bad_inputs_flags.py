@@ -223,9 +223,9 @@ def test_item5_toml_file_not_utf8_or_not_toml(capfd, tmp_path, content, needles)
 
 
 def test_item5_nothing_runs_before_every_cell_is_checked(capfd, tmp_path, monkeypatch):
-    import bench.runner
+    import bench.measure.runner
 
-    monkeypatch.setattr(bench.runner, "run_cell", lambda *a, **k: pytest.fail("a cell ran"))
+    monkeypatch.setattr(bench.measure.runner, "run_cell", lambda *a, **k: pytest.fail("a cell ran"))
     path = tmp_path / "m.toml"
     path.write_text('arch = "transformer"\npreset = "tiny"\ndevice = ["cpu", 0]\n')
     user_error(capfd, ["matrix", str(path), "--no-progress"], "device", "0 (an integer)")

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from architectures import ARCHITECTURES
-from bench.pipeline import decode_step, prefill
+from bench.engine.pipeline import decode_step, prefill
 from test_compressors import SPAN, cached_and_fresh, compressor, inputs, mid_layer
 
 ARCHS = ["transformer", "mamba", "hybrid"]

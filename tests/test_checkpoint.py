@@ -13,7 +13,7 @@ import torch
 from architectures import ARCHITECTURES
 from bench.cli import main
 from bench.errors import UserError
-from bench.pipeline import prefill
+from bench.engine.pipeline import prefill
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = ["transformer", "mamba", "hybrid"]

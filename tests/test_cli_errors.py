@@ -120,12 +120,12 @@ def test_unwritable_output_run(capsys, tmp_path):
 
 
 def test_unwritable_output_matrix_runs_nothing(capsys, tmp_path, monkeypatch):
-    import bench.runner
+    import bench.measure.runner
 
     def boom(*a, **k):  # the output is checked before any cell runs
         raise AssertionError("a cell ran")
 
-    monkeypatch.setattr(bench.runner, "run_cell", boom)
+    monkeypatch.setattr(bench.measure.runner, "run_cell", boom)
     afile = tmp_path / "afile"
     afile.write_text("")
     target = afile / "deeper" / "x.jsonl"

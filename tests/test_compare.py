@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from bench import paper_tables
+from bench.reporting import paper_tables
 from bench.cli import main
-from bench.compare import compare, parse_reference, relative_timing
+from bench.reporting.compare import compare, parse_reference, relative_timing
 from bench.errors import UserError
 from bench.flags import percent
 
@@ -162,7 +162,7 @@ def _eval_record(compressor: str, accuracy: float, kl: float = 0.1) -> dict:
 
 
 def test_task_metrics_are_gated_in_absolute_points():
-    from bench.compare import compare
+    from bench.reporting.compare import compare
 
     base = [_eval_record("none", 80.0), _eval_record("td:schedule=uni_2_0.9", 40.0)]
     new = [_eval_record("none", 79.0), _eval_record("td:schedule=uni_2_0.9", 30.0)]

@@ -7,8 +7,8 @@ import torch
 
 from architectures import ARCHITECTURES
 from bench.errors import UserError
-from bench.pipeline import decode_step, prefill
-from bench.runner import run_cell
+from bench.engine.pipeline import decode_step, prefill
+from bench.measure.runner import run_cell
 from bench.spec import make_spec
 from compressors.base import kept_count, make_compressor
 from compressors.dropping import TokenDropping, parse_schedule, uniform_keep

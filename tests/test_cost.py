@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-import bench.cost as cost
+import bench.measure.cost as cost
 from architectures import ARCHITECTURES
-from bench.maxframes import search
-from bench.runner import run_cell
+from bench.measure.maxframes import search
+from bench.measure.runner import run_cell
 from bench.spec import make_spec
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bench.cli import main
-from bench.evaluate import evaluate, score_predictions
+from bench.evaluation.evaluate import evaluate, score_predictions
 from bench.spec import make_spec
 from tasks import fixtures
 
@@ -120,7 +120,7 @@ def test_checkpoint_parts_load_and_missing_parts_are_named(data, tmp_path, capsy
 
     from architectures import ARCHITECTURES
     from architectures.vision import VisionSide
-    from bench.runner import build_model
+    from bench.measure.runner import build_model
 
     ckpt = tmp_path / "ckpt"
     ARCHITECTURES.get("hybrid").build("tiny").model.save_pretrained(ckpt)

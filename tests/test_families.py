@@ -2,7 +2,7 @@
 
 Tiny random checkpoints are written by the library's own ``save_pretrained`` (model,
 processor, offline tokenizer, chat template) and read back the way a published release is.
-Every oracle compares the harness (processor -> family adapter -> ``bench.pipeline``) with the
+Every oracle compares the harness (processor -> family adapter -> ``bench.engine.pipeline``) with the
 transformers model's own forward / ``generate`` on the same processor inputs.
 """
 
@@ -13,7 +13,7 @@ import torch
 
 from architectures import ARCHITECTURES
 from architectures.families.offline import write_checkpoint
-from bench.pipeline import decode_step, prefill
+from bench.engine.pipeline import decode_step, prefill
 from tasks.video import Clip
 
 FAMILIES = ["qwen3_vl", "qwen3_vl_moe", "nemotron_h_omni", "llava_onevision"]
@@ -232,7 +232,7 @@ def test_evs_rule_equals_the_library_function():
 # --- issue 15, items 21 and 22: a checkpoint's own EVS prunes frames unevenly ------------------------
 
 from bench.errors import UserError  # noqa: E402
-from bench.runner import run_cell  # noqa: E402
+from bench.measure.runner import run_cell  # noqa: E402
 from bench.spec import make_spec  # noqa: E402
 from tests.bad_input import user_error  # noqa: E402
 

@@ -20,12 +20,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from architectures import ARCHITECTURES, compat, kernels
 from architectures.transformer import Transformer
-from bench import meters
+from bench.measure import meters
 from bench.cli import main
 from bench.errors import UserError
-from bench.pipeline import decode_step, prefill
+from bench.engine.pipeline import decode_step, prefill
 from bench.records import environment
-from bench.runner import _is_oom, run_cell
+from bench.measure.runner import _is_oom, run_cell
 from bench.spec import make_spec
 
 # --- (a) the build is not counted ----------------------------------------------------------------
@@ -295,7 +295,7 @@ def test_no_pynvml_is_said(monkeypatch, capsys):
 
 
 def test_energy_per_token_in_the_summary():
-    from bench.runner import summarise
+    from bench.measure.runner import summarise
 
     sample = {"prefill_s": 1.0, "prefill_tok_s": 1.0, "ttft_s": 1.0, "decode_s": 1.0, "decode_tok_s": 1.0,
               "e2e_tok_s": 1.0, "stages": {"prefill_s": 1.0}, "tokens_processed": 100}

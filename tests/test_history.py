@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from bench.cli import main
-from bench.history import add, detect, series
+from bench.reporting.history import add, detect, series
 from tests.bad_input import user_error
 
 
@@ -71,12 +71,12 @@ def test_cli_add_show_plot_html(tmp_path, capsys):
 
 def test_a_killed_add_leaves_the_store_as_it_was(store, monkeypatch):
     before = sqlite3.connect(store).execute("SELECT COUNT(*) FROM points").fetchone()[0]
-    import bench.history
+    import bench.reporting.history
 
     def die(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bench.history, "_points", die)
+    monkeypatch.setattr(bench.reporting.history, "_points", die)
     with pytest.raises(KeyboardInterrupt):
         add([record("hybrid", 1.0, "c9")], store, date=9.0)
     db = sqlite3.connect(store)

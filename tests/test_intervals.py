@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bench.cli import main
-from bench.compare import compare, render_rows
+from bench.reporting.compare import compare, render_rows
 from bench.stats import median_ci, paired_ratio_ci, ratio_ci
 from tests.test_compare import record
 

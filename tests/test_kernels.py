@@ -21,7 +21,7 @@ import torch
 from architectures import ARCHITECTURES, kernels
 from architectures.hybrid import Hybrid
 from architectures.mamba import Mamba
-from bench.pipeline import decode_step, prefill
+from bench.engine.pipeline import decode_step, prefill
 from compressors.base import make_compressor
 
 pytestmark = pytest.mark.kernels

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-import bench.launchers
+import bench.launch.process
 from bench.cli import main
 from bench.errors import UserError
-from bench.launchers import LAUNCHERS, run_process
+from bench.launch.process import LAUNCHERS, run_process
 from bench.records import iter_records
 from bench.spec import make_spec
 
@@ -36,16 +36,16 @@ def tiny():
 # --- process launcher: a dead child is a record, not an exception ------------------------------
 
 def _fake_child(monkeypatch, returncode: int, stdout: str = "", stderr: str = ""):
-    """The cell's child (`python -m bench.worker`) ends as given; other subprocesses (git) run."""
+    """The cell's child (`python -m bench.launch.worker`) ends as given; other subprocesses (git) run."""
     real_run = subprocess.run
 
     def fake_run(args, **kwargs):
-        if list(args[1:]) != ["-m", "bench.worker"]:
+        if list(args[1:]) != ["-m", "bench.launch.worker"]:
             return real_run(args, **kwargs)
         assert json.loads(kwargs["input"])["arch"] == "hybrid"
         return subprocess.CompletedProcess(args, returncode, stdout=stdout, stderr=stderr)
 
-    monkeypatch.setattr(bench.launchers.subprocess, "run", fake_run)
+    monkeypatch.setattr(bench.launch.process.subprocess, "run", fake_run)
 
 
 def test_process_child_killed_is_oom(monkeypatch, tiny):
@@ -65,18 +65,18 @@ def test_process_child_exit_1_is_error_naming_last_stderr_line(monkeypatch, tiny
 
 
 def test_process_child_record_line_wins(monkeypatch, tiny):
-    line = bench.launchers.RECORD_PREFIX + json.dumps({"status": "ok", "spec": tiny.to_dict()})
+    line = bench.launch.process.RECORD_PREFIX + json.dumps({"status": "ok", "spec": tiny.to_dict()})
     _fake_child(monkeypatch, 0, stdout=f"noise\n{line}\n")
     assert run_process(tiny)["status"] == "ok"
 
 
 def test_launchers_import_without_ray():
-    """`import bench.launchers` neither needs nor imports ray; using the ray launcher without
+    """`import bench.launch.process` neither needs nor imports ray; using the ray launcher without
     ray installed is a one-line UserError."""
     code = (
         "import sys\n"
-        "import bench.launchers as l\n"
-        "assert 'ray' not in sys.modules, 'bench.launchers imported ray'\n"
+        "import bench.launch.process as l\n"
+        "assert 'ray' not in sys.modules, 'bench.launch.process imported ray'\n"
         "assert 'ray' in l.LAUNCHERS\n"
         "sys.modules['ray'] = None  # as if ray were not installed\n"
         "from bench.errors import UserError\n"
@@ -97,7 +97,7 @@ def test_launchers_import_without_ray():
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
-    from bench import ray_launcher
+    from bench.launch import ray_cluster as ray_launcher
 
     with pytest.MonkeyPatch.context() as mp:
         for name in (ray_launcher.ENV_ADDRESS, ray_launcher.ENV_ACCELERATOR):
@@ -113,7 +113,7 @@ def ray_local():
 
 
 def test_task_options(monkeypatch, tiny):
-    from bench import ray_launcher  # importable without ray: ray is imported when Ray is used
+    from bench.launch import ray_cluster as ray_launcher  # importable without ray: ray is imported when Ray is used
 
     monkeypatch.delenv(ray_launcher.ENV_ACCELERATOR, raising=False)
     cpu = ray_launcher.task_options(tiny)
@@ -124,7 +124,7 @@ def test_task_options(monkeypatch, tiny):
 
 
 def test_inline_process_ray_agree(ray_local, tiny):
-    from bench.ray_launcher import collect, submit
+    from bench.launch.ray_cluster import collect, submit
 
     ref = submit(tiny)  # LAUNCHERS["ray"] is collect(submit(spec)): the Ray cell runs meanwhile
     records = {name: LAUNCHERS[name](tiny) for name in ("inline", "process")}
@@ -145,7 +145,7 @@ def test_ray_memory_budget_is_oom(ray_local, tiny):
 
 
 def test_ray_run_many_keeps_order(ray_local, tiny):
-    from bench.ray_launcher import run_many
+    from bench.launch.ray_cluster import run_many
 
     specs = [tiny.replace(frames=f) for f in (3, 1, 2)]
     records = run_many(specs)
@@ -154,7 +154,7 @@ def test_ray_run_many_keeps_order(ray_local, tiny):
 
 
 def test_ray_task_failures_become_records(ray_local, tiny):
-    from bench.ray_launcher import collect
+    from bench.launch.ray_cluster import collect
 
     ray = ray_local
 
@@ -172,7 +172,7 @@ def test_ray_task_failures_become_records(ray_local, tiny):
 
 
 def test_ray_unschedulable_cell_fails_fast_on_local_ray(ray_local, tiny, monkeypatch):
-    from bench import ray_launcher
+    from bench.launch import ray_cluster as ray_launcher
 
     with pytest.raises(UserError, match="no Ray node offers a GPU"):
         LAUNCHERS["ray"](tiny.replace(device="cuda"))
@@ -196,7 +196,7 @@ def test_unschedulable_request_warns_once_on_a_cluster(monkeypatch, capsys):
     """On a cluster an autoscaler may still add a GPU node: warn once instead of failing."""
     from types import SimpleNamespace
 
-    from bench import ray_launcher
+    from bench.launch import ray_cluster as ray_launcher
 
     fake = SimpleNamespace(cluster_resources=lambda: {"CPU": 8.0, "GPU": 1.0, "accelerator_type:A100": 1.0})
     monkeypatch.setitem(ray_launcher._state, "local", False)
@@ -268,7 +268,7 @@ def test_process_worker_dies_when_the_matrix_is_sigkilled(tmp_path):
     try:
         assert _wait(lambda: bool(_children(matrix.pid)), 120), "no worker started"
         (worker,) = _children(matrix.pid)
-        assert b"bench.worker" in (Path("/proc") / str(worker) / "cmdline").read_bytes()
+        assert b"bench.launch.worker" in (Path("/proc") / str(worker) / "cmdline").read_bytes()
         # mid-cell: torch imported and the model built (the lifeline was armed before either)
         assert _wait(lambda: _rss_mib(worker) > 200, 120), "the worker never got into its cell"
         time.sleep(0.5)
@@ -289,7 +289,7 @@ def test_lifeline_kills_the_child_with_its_parent(kernel):
     """Both ways of dying with the parent: the kernel's signal, and the polling fallback."""
     import signal
 
-    child = ("import time; from bench.lifeline import die_with_parent; "
+    child = ("import time; from bench.launch.lifeline import die_with_parent; "
              f"print(die_with_parent(kernel={kernel}), flush=True); time.sleep(120)")
     parent = ("import subprocess, sys, time; "
               f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); print(p.pid, flush=True); time.sleep(120)")
@@ -313,7 +313,7 @@ def test_lifeline_kills_the_child_with_its_parent(kernel):
 
 def test_lifeline_child_of_a_dead_parent_dies_at_once():
     """A parent that died before the child armed its lifeline: the child ends instead of running on."""
-    code = "from bench.lifeline import die_with_parent; die_with_parent(parent=1 << 22); print('ran on')"
+    code = "from bench.launch.lifeline import die_with_parent; die_with_parent(parent=1 << 22); print('ran on')"
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == -9 and "ran on" not in proc.stdout

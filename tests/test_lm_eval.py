@@ -13,7 +13,7 @@ pytest.importorskip("lm_eval")
 
 from bench.cli import main  # noqa: E402
 from bench.errors import UserError  # noqa: E402
-from bench.lm_eval_model import MODEL_ARGS, ViperbenchLM, with_default_device  # noqa: E402
+from bench.evaluation.lm_eval_model import MODEL_ARGS, ViperbenchLM, with_default_device  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import bench.runner
+import bench.measure.runner
 from bench.cli import main
-from bench.matrix import axes_from_flags, axes_from_toml, expand, split_values
+from bench.launch.matrix import axes_from_flags, axes_from_toml, expand, split_values
 from bench.records import iter_records, spec_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,14 +177,14 @@ def test_disk_full_stops_the_matrix_and_keeps_the_records_written(tmp_path, caps
 # --- failures do not stop the matrix ------------------------------------------------------
 
 def test_failing_cell_does_not_stop_matrix(tmp_path, capsys, monkeypatch):
-    real = bench.runner.one_pass
+    real = bench.measure.runner.one_pass
 
     def one_pass(spec, *args, **kwargs):
         if spec.arch == "mamba":
             raise RuntimeError("mamba exploded\nwith details")
         return real(spec, *args, **kwargs)
 
-    monkeypatch.setattr(bench.runner, "one_pass", one_pass)
+    monkeypatch.setattr(bench.measure.runner, "one_pass", one_pass)
     out = tmp_path / "m.jsonl"
     rc = main(["matrix", "--arch", "transformer,mamba,hybrid", "--frames", "2", *SMALL, "--output", str(out),
                "--no-progress"])

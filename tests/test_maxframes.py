@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import bench.maxframes
+import bench.measure.maxframes
 from bench.cli import main
-from bench.maxframes import search, summary_line
+from bench.measure.maxframes import search, summary_line
 from bench.records import iter_records, make_record
 from bench.spec import make_spec
 
@@ -36,7 +36,7 @@ class FakeProbes:
 def probes(monkeypatch):
     def install(threshold, error_at=None):
         fake = FakeProbes(threshold, error_at)
-        monkeypatch.setattr(bench.maxframes, "run_process", fake)
+        monkeypatch.setattr(bench.measure.maxframes, "run_process", fake)
         return fake
 
     return install

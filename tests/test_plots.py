@@ -1,11 +1,11 @@
-"""Tests for bench.plots: the data behind each figure, the files written, and refusals."""
+"""Tests for bench.reporting.plots: the data behind each figure, the files written, and refusals."""
 
 from __future__ import annotations
 
 import pytest
 
 from bench.errors import UserError
-from bench.plots import (
+from bench.reporting.plots import (
     default_series,
     format_bytes,
     max_frames_bars,
@@ -22,7 +22,7 @@ from bench.plots import (
     series_points,
     xy_figure,
 )
-from bench.table import MIB
+from bench.reporting.table import MIB
 from fake_records import make_record, make_search
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -9,10 +9,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from architectures import ARCHITECTURES
-from bench import runner
+from bench.measure import runner
 from bench.cli import main
-from bench.cost import cache_bytes, kv_bytes_per_token, state_bytes_per_sequence
-from bench.fake_pass import predict_pass
+from bench.measure.cost import cache_bytes, kv_bytes_per_token, state_bytes_per_sequence
+from bench.predict.fake_pass import predict_pass
 from bench.spec import make_spec
 from tasks.synthetic import Synthetic
 
@@ -97,7 +97,7 @@ def test_paper_caches_the_library_allocates_equal_the_closed_forms(arch):
 @pytest.mark.parametrize("arch", ["mamba", "hybrid"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_state_bytes_equal_the_cache_a_real_prefill_allocates(arch, dtype):
-    from bench.pipeline import prefill
+    from bench.engine.pipeline import prefill
 
     bb = ARCHITECTURES.get(arch).build("tiny", dtype=getattr(torch, dtype))
     embeds = torch.randn(2, 40, bb.hidden_size, dtype=bb.dtype)
@@ -120,7 +120,7 @@ def test_gpu_path_predicts_less_than_the_reference_mamba_code():
 
 @pytest.mark.slow
 def test_closed_form_chunk_scan_equals_mamba_ssm_wrappers(monkeypatch):
-    import bench.gpu_kernels as gk
+    import bench.predict.gpu_kernels as gk
 
     if gk._mamba_ssm()[0] is None:
         pytest.skip("mamba-ssm's wrappers are not importable here")
@@ -176,7 +176,7 @@ def test_cpu_prediction_against_a_budget(capsys):
 def test_coarse_estimate_and_calibration_on_a_linear_peak():
     """maxframes --predict-first starts from four predictions (two line fits), then rescales the line by a
     real probe's measured over predicted peak."""
-    from bench.predict import Predictor
+    from bench.predict.capacity import Predictor
 
     class Linear(Predictor):
         def __call__(self, frames):

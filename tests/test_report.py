@@ -1,4 +1,4 @@
-"""Tests for bench.report: the report folder, its index, and what is left out when it does not apply."""
+"""Tests for bench.reporting.report: the report folder, its index, and what is left out when it does not apply."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bench.errors import UserError
-from bench.report import split_records, table_layout, table_metrics, write_report
-from bench.table import MIB
+from bench.reporting.report import split_records, table_layout, table_metrics, write_report
+from bench.reporting.table import MIB
 from fake_records import make_record, make_search
 
 LINK = re.compile(r"\]\(([^)\s]+)\)")

@@ -1,4 +1,4 @@
-"""One cell end to end through bench.runner.run_cell, on the tiny presets (CPU, random weights)."""
+"""One cell end to end through bench.measure.runner.run_cell, on the tiny presets (CPU, random weights)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import statistics
 
 import pytest
 
-import bench.runner
-from bench.runner import run_cell
+import bench.measure.runner
+from bench.measure.runner import run_cell
 from bench.spec import make_spec
 
 TINY = dict(preset="tiny", frames=2, prompt_tokens=4, new_tokens=2, warmup=0, repeats=1)
@@ -115,7 +115,7 @@ def test_runtime_error_becomes_error_record(monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise ValueError("first line\nsecond line")
 
-    monkeypatch.setattr(bench.runner, "one_pass", broken)
+    monkeypatch.setattr(bench.measure.runner, "one_pass", broken)
     r = cell(arch="transformer")
     assert r["status"] == "error"
     assert r["error"] == "ValueError: first line"
@@ -127,7 +127,7 @@ def test_out_of_memory_runtime_error_is_oom(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
 
-    monkeypatch.setattr(bench.runner, "one_pass", broken)
+    monkeypatch.setattr(bench.measure.runner, "one_pass", broken)
     r = cell(arch="transformer")
     assert r["status"] == "oom"
     assert r["error"].startswith("RuntimeError: CUDA out of memory")

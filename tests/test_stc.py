@@ -240,7 +240,7 @@ def test_pruner_keeps_dtype():
 
 
 def test_stc_through_the_runner():
-    from bench.runner import run_cell
+    from bench.measure.runner import run_cell
     from bench.spec import make_spec
 
     spec = make_spec({"arch": "hybrid", "preset": "tiny", "vision": "siglip",

@@ -1,4 +1,4 @@
-"""Tests for bench.table: loading result files, pivoting and rendering tables."""
+"""Tests for bench.reporting.table: loading result files, pivoting and rendering tables."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 import pytest
 
 from bench.errors import UserError
-from bench.table import METRICS, field, load_records, pivot, render
+from bench.reporting.table import METRICS, field, load_records, pivot, render
 
 
 def make_record(arch="hybrid", frames=64, status="ok", compressor="none", **metrics):

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from bench import train as train_mod
 from bench.cli import main
 from bench.errors import UserError
-from bench.pipeline import prefill
+from bench.engine.pipeline import prefill
 from bench.train import TrainSettings, train
 
 QUICK = dict(arch="transformer", steps=12, batch=8, lengths=(4,), warmup=0, save_every=4, tokens_per_frame=4)

@@ -92,7 +92,7 @@ def test_keeps_dtype_and_is_deterministic():
 
 
 def test_visionzip_through_the_runner():
-    from bench.runner import run_cell
+    from bench.measure.runner import run_cell
     from bench.spec import make_spec
 
     spec = make_spec({"arch": "hybrid", "preset": "tiny", "vision": "synthetic",

@@ -99,7 +99,7 @@ def test_scoring_and_aggregation(data):
 
 
 def test_niah_heatmap(tmp_path):
-    from bench.plots import niah_cells, plot_niah
+    from bench.reporting.plots import niah_cells, plot_niah
 
     record = {"spec": {"arch": "hybrid", "compressor": "none"}, "status": "ok", "env": {},
               "task": {"name": "vniah", "metrics": {"accuracy": 75.0, "accuracy/cell/4/0": 100.0,

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-import bench.generate
+import bench.engine.generate
 from bench.cli import main
-from bench.compare import compare, render_rows
-from bench.work import WorkCounter, moved_ops
+from bench.reporting.compare import compare, render_rows
+from bench.measure.work import WorkCounter, moved_ops
 
 CELL = ["--preset", "tiny", "--frames", "2", "--prompt-tokens", "4", "--new-tokens", "3", "--warmup", "0",
         "--repeats", "1"]
@@ -46,14 +46,14 @@ def test_counts_are_the_same_on_every_run(tmp_path, arch):
 
 
 def test_an_extra_matmul_per_decode_step_fails_the_gate_and_is_named(tmp_path, monkeypatch, baseline):
-    real = bench.generate.decode_step
+    real = bench.engine.generate.decode_step
 
     def slower(backbone, token, seq):
         x = torch.ones(4, 4)
         torch.mm(x, x)
         return real(backbone, token, seq)
 
-    monkeypatch.setattr(bench.generate, "decode_step", slower)
+    monkeypatch.setattr(bench.engine.generate, "decode_step", slower)
     rows = compare([measure(tmp_path, "slow")], [baseline])
     bad = {r.metric: r for r in rows if r.verdict == "REGRESSION"}
     assert set(bad) >= {"work decode_per_token ops", "work decode_per_token alloc_bytes"}
@@ -64,14 +64,14 @@ def test_an_extra_matmul_per_decode_step_fails_the_gate_and_is_named(tmp_path, m
 
 
 def test_a_host_sync_per_step_fails_the_gate(tmp_path, monkeypatch, baseline):
-    real = bench.generate.decode_step
+    real = bench.engine.generate.decode_step
 
     def syncing(backbone, token, seq):
         logits = real(backbone, token, seq)
         float(logits[0, 0].max())  # the host reads a value of the device
         return logits
 
-    monkeypatch.setattr(bench.generate, "decode_step", syncing)
+    monkeypatch.setattr(bench.engine.generate, "decode_step", syncing)
     rows = compare([measure(tmp_path, "sync")], [baseline])
     row = next(r for r in rows if r.metric == "work decode_per_token host_syncs")
     assert (row.old, row.new, row.verdict) == (0, 1, "REGRESSION")

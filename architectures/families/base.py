@@ -3,7 +3,7 @@
 The checkpoint's own processor and chat template turn frames and a prompt into the model's
 inputs; the library model's own vision code (tower, projector/merger/pooling, newline,
 DeepStack) turns pixels into features, which are placed at the placeholder tokens. The text
-model's layers then run through the harness's layer loop (``bench.pipeline``) with the
+model's layers then run through the harness's layer loop (``bench.engine.pipeline``) with the
 compressor hooks, chunked prefill and the library cache.
 
 Each family sets the library classes, the presets (top-level config kwargs with nested

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from architectures import ARCHITECTURES
-from bench.pipeline import decode_step, prefill
+from bench.engine.pipeline import decode_step, prefill
 
 ROUNDS = 7
 

@@ -43,7 +43,7 @@ METRICS: dict[str, tuple[str, str, bool | None]] = {
     "tokens_after_compression": ("tokens after compression", "d", None),
     "compression_ratio": ("compression ratio", ".3f", None),
     "task.accuracy": ("accuracy", ".3f", True),
-    # metrics.cost (bench.cost): sizes at the end of prefill, analytic FLOPs, utilisation of the device's peaks
+    # metrics.cost (bench.measure.cost): sizes at the end of prefill, analytic FLOPs, utilisation of the device's peaks
     "cost.weights_bytes": ("weights (MiB)", ".1f", None),
     "cost.kv_cache_bytes": ("KV cache (MiB)", ".2f", False),
     "cost.ssm_state_bytes": ("SSM state (MiB)", ".2f", False),

@@ -104,6 +104,6 @@ def decode_step(backbone: Backbone, token_ids: torch.Tensor, seq: Sequence) -> t
 
 def greedy_generate(backbone: Backbone, embeds: torch.Tensor, new_tokens: int, **prefill_kwargs) -> torch.Tensor:
     """Greedy decoding through the harness: ``new_tokens`` ids per sequence, [batch, new_tokens]."""
-    from bench.generate import generate
+    from bench.engine.generate import generate
 
     return generate(backbone, embeds, max_new_tokens=new_tokens, **prefill_kwargs).tokens

@@ -2,7 +2,7 @@
 
 With a memory budget, a watchdog thread ends the cell as soon as memory above the
 baseline crosses the budget, printing an ``oom`` record first. The worker dies with the
-process that launched it (``bench.lifeline``), armed before torch is imported.
+process that launched it (``bench.launch.lifeline``), armed before torch is imported.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import json
 import os
 import sys
 
-from bench.lifeline import die_with_parent
+from bench.launch.lifeline import die_with_parent
 
 
 def _emit(record: dict) -> None:
-    from bench.launchers import RECORD_PREFIX
+    from bench.launch.process import RECORD_PREFIX
 
     sys.stdout.write(RECORD_PREFIX + json.dumps(record, default=str) + "\n")
     sys.stdout.flush()
@@ -24,9 +24,9 @@ def _emit(record: dict) -> None:
 def main() -> int:
     die_with_parent()
     from bench.errors import UserError
-    from bench.meters import BudgetWatchdog, MemoryMeter
+    from bench.measure.meters import BudgetWatchdog, MemoryMeter
     from bench.records import environment, make_record
-    from bench.runner import run_cell
+    from bench.measure.runner import run_cell
     from bench.spec import check_runnable, make_spec
 
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from bench.launchers import run_process
+from bench.launch.process import run_process
 from bench.records import environment, make_record
 from bench.spec import CellSpec, check_runnable
 
@@ -33,7 +33,7 @@ def search(spec: CellSpec, *, start: int = 16, limit: int = 1 << 20, precision: 
     """Search, then return the record: ``metrics`` hold max_frames, first_oom_frames and the probes.
 
     ``probe(spec)`` returns {frames, status (ok | oom | error), peak_mem_bytes, prefill_s, error}: a real run in
-    a child process by default, or a prediction (``bench.predict``). Without ``estimate`` the search doubles
+    a child process by default, or a prediction (``bench.predict.capacity``). Without ``estimate`` the search doubles
     from ``start`` to the first OOM and bisects. With ``estimate`` (a predicted max frames) it probes there and
     one precision step above, widening the step each time the guess is off, then bisects: two probes when the
     estimate is right to within ``precision``. ``calibrate(probe)``, if given, first probes half the estimate

@@ -2,13 +2,13 @@
 
 The model is built under torch's ``FakeTensorMode`` on the (fake) ``cpu`` device: every
 tensor has its shape, dtype and strides but no data, so a full-size model costs nothing.
-``bench.runner.one_pass`` then runs exactly as in a measurement (embeddings, compressor
+``bench.measure.runner.one_pass`` then runs exactly as in a measurement (embeddings, compressor
 hooks, chunked prefill, decode steps) while ``LiveBytes`` tracks the bytes of every live
 tensor storage: a storage is counted when an op first returns it and uncounted by a
 weakref finalizer when the last tensor using it dies, which is what a caching allocator's
 "allocated" counter sees. Weights and the request are registered first.
 
-``target="gpu"`` swaps in the GPU kernels' allocation patterns (``bench.gpu_kernels``);
+``target="gpu"`` swaps in the GPU kernels' allocation patterns (``bench.predict.gpu_kernels``);
 ``target="cpu"`` runs this CPU build's own code paths, which is what the tests compare
 with the real allocations of a CPU run.
 """
@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from bench.cost import cache_bytes
+from bench.measure.cost import cache_bytes
 from bench.errors import UserError
 
 
@@ -97,12 +97,12 @@ def _register(tracker: LiveBytes, module) -> int:
 
 
 def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm") -> dict:
-    """Peak allocated bytes of one pass of ``spec`` (as ``bench.runner.one_pass`` runs it), by part."""
+    """Peak allocated bytes of one pass of ``spec`` (as ``bench.measure.runner.one_pass`` runs it), by part."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from architectures import ARCHITECTURES
-    from bench.gpu_kernels import backend, gpu_kernels
-    from bench.runner import Model, one_pass
+    from bench.predict.gpu_kernels import backend, gpu_kernels
+    from bench.measure.runner import Model, one_pass
     from compressors.base import make_compressor
     from tasks.synthetic import Request
 

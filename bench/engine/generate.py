@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.pipeline import decode_step, prefill
+from bench.engine.pipeline import decode_step, prefill
 
 
 @dataclass

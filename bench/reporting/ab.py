@@ -126,7 +126,7 @@ def cores() -> list[int]:
 
 
 def _key(record: dict) -> tuple:
-    from bench.compare import cell_key
+    from bench.reporting.compare import cell_key
 
     return cell_key(record)
 
@@ -148,7 +148,7 @@ def decide(pairs: list[tuple[list[dict], list[dict]]], tolerance: float, alpha: 
     """The gate's verdicts from (base records, head records) of every pair."""
     import statistics
 
-    from bench.compare import _label, work_rows
+    from bench.reporting.compare import _label, work_rows
     from bench.stats import paired_ratio_ci
 
     indexed = [({_key(r): r for r in b_run}, {_key(r): r for r in h_run}) for b_run, h_run in pairs]
@@ -204,7 +204,7 @@ def decide(pairs: list[tuple[list[dict], list[dict]]], tolerance: float, alpha: 
 def render(verdicts: list[Verdict]) -> str:
     from tabulate import tabulate
 
-    from bench.compare import _fmt as num
+    from bench.reporting.compare import _fmt as num
 
     body = [[v.cell, v.metric, num(v.base), num(v.head),
              "—" if v.ratio is None else (f"{v.ratio:.3f}" if v.low is None else

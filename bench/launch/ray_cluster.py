@@ -2,7 +2,7 @@
 
 A cell asks Ray for one GPU slot when its device is ``cuda`` (``num_gpus=1``) and for one
 CPU slot otherwise (``num_cpus=1``). Inside the task the cell runs in a fresh child process
-(:func:`bench.launchers.run_process`), so an OOM or a crash of the cell becomes the cell's
+(:func:`bench.launch.process.run_process`), so an OOM or a crash of the cell becomes the cell's
 status and cannot kill the Ray worker. The record gains a ``launcher`` entry::
 
     {"name": "ray", "node": "10.0.0.7", "node_id": "...", "accelerator_type": "H100",
@@ -236,7 +236,7 @@ def _driver_environment(device: str) -> dict:
 # --- inside the Ray worker ---------------------------------------------------------------------
 
 def _child_can_import_bench() -> None:
-    """The cell's child runs ``python -m bench.worker``: make it import the same viperbench this
+    """The cell's child runs ``python -m bench.launch.worker``: make it import the same viperbench this
     worker imported, also when that is a checkout that is not installed (Ray passes the driver's
     sys.path to its workers, but not to their child processes)."""
     root = str(Path(__file__).resolve().parents[1])
@@ -263,7 +263,7 @@ def _cell_task(spec: CellSpec, requested_accelerator: str | None, address: str |
     """The Ray task: one cell in a fresh child process; returns its (JSON-serialisable) record."""
     import ray
 
-    from bench.launchers import run_process
+    from bench.launch.process import run_process
 
     _child_can_import_bench()
     ctx = ray.get_runtime_context()

@@ -191,7 +191,7 @@ def cache_dir() -> Path:
 
 def _probe(device: str, dtype: torch.dtype) -> dict:
     """Best-of-5 matmul FLOP/s and copy bytes/s on the device (a few seconds, once per machine)."""
-    from bench.meters import synchronize
+    from bench.measure.meters import synchronize
 
     n = 2048 if device.startswith("cuda") else 1024
     a = torch.randn(n, n, device=device).to(dtype)

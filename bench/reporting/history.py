@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.compare import TIMING
+from bench.reporting.compare import TIMING
 from bench.errors import UserError
 
 SCHEMA = """

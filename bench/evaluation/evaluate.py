@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from bench.errors import UserError
-from bench.meters import StageTimer
+from bench.measure.meters import StageTimer
 from bench.records import append_record, check_writable, environment, make_record
 from bench.spec import CellSpec, check_device
 from tasks import TASKS
@@ -58,7 +58,7 @@ def _jsonable(value: Any) -> Any:
 def _generate(bb, compressor, vision: torch.Tensor, prompt_ids: list[int], tok, max_new: int, chunk,
               timer=None) -> tuple:
     """Own-layout prompt [BOS][video][prompt] through the one generate loop (stops at EOS)."""
-    from bench.generate import generate
+    from bench.engine.generate import generate
 
     device = vision.device
     bos = torch.tensor([[tok.bos_id]], device=device)
@@ -103,7 +103,7 @@ def _own_layout_doc(bb, compressor, reference, clip, prompt: str, max_new: int, 
 def _video_llm_doc(bb, compressor, reference, clip, prompt: str, max_new: int, tok, chunk, timer, **_):
     """A real video LLM: the checkpoint's chat template and processor (told where in the video the sampled
     frames are: their indices and the video's frame rate), then the one generate loop."""
-    from bench.generate import generate
+    from bench.engine.generate import generate
 
     with torch.inference_mode():
         with timer.stage("vision_s"):
@@ -125,7 +125,7 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
              limit: int | None = None, fps: float | None = None, fidelity: bool = False,
              log: str | None = None, output: str | None = None, data_label: str | None = None) -> dict:
     from architectures.tokenizer import tokenizer_for
-    from bench.runner import build_model
+    from bench.measure.runner import build_model
     from compressors.base import make_compressor
     from tasks.video import VideoError, load_frames
 

@@ -17,7 +17,7 @@ gated by kind:
   median of the per-round ratios, so a machine that is slower, or slower for a while,
   moves both sides alike and does not fail the gate. Reference cells are shown, not gated.
 
-- **work** (``metrics.work``, ``bench.work``: aten ops, bytes allocated, host syncs and, on
+- **work** (``metrics.work``, ``bench.measure.work``: aten ops, bytes allocated, host syncs and, on
   CUDA, kernel launches, per prefill and per decode token): *exactly*, when both records were
   counted with the same torch, transformers and device type. More work is a regression on any
   machine, with no tolerance; the row names the operators whose counts moved.
@@ -40,7 +40,7 @@ from tabulate import tabulate
 from bench.errors import UserError
 from bench.records import spec_key
 from bench.stats import ratio_ci
-from bench.work import moved_ops
+from bench.measure.work import moved_ops
 
 COUNTS = ("input_tokens", "vision_tokens", "tokens_after_compression")
 MEMORY = {"peak_mem_bytes": False, "max_frames": True}  # metric -> higher is better

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 import torch
 
 from architectures import ARCHITECTURES
-from bench.cost import cache_bytes, record_cost
+from bench.measure.cost import cache_bytes, record_cost
 from bench.errors import UserError
-from bench.meters import MemoryMeter, StageTimer, release_free_memory
-from bench.generate import generate
+from bench.measure.meters import MemoryMeter, StageTimer, release_free_memory
+from bench.engine.generate import generate
 from bench.records import environment, make_record
 from bench.spec import CellSpec, check_runnable
 from bench.stats import median_ci
-from bench.work import WorkCounter, summarise_work
+from bench.measure.work import WorkCounter, summarise_work
 from compressors.base import make_compressor
 from tasks import TASKS
 
@@ -148,7 +148,7 @@ def _metrics(spec: CellSpec, timer, input_tokens: int, n_vision: int, kept: int,
 
 def one_pass(spec: CellSpec, model: Model, request, timer=None) -> dict:
     """One pass of the cell; its stages are timed on ``timer`` (a fresh ``StageTimer`` by default,
-    or a ``bench.work.WorkCounter`` for the counting pass)."""
+    or a ``bench.measure.work.WorkCounter`` for the counting pass)."""
     timer = timer if timer is not None else StageTimer(spec.device)
     if model.backbone.takes_frames:
         return one_pass_video_llm(spec, model, request, timer)
@@ -249,7 +249,7 @@ class CellRun:
             self.peaks.append(peak)
 
     def count_work(self) -> None:
-        """One more pass, untimed, that counts its work (``metrics.work``, ``bench.work``)."""
+        """One more pass, untimed, that counts its work (``metrics.work``, ``bench.measure.work``)."""
         counter = WorkCounter(self.spec.device)
         one_pass(self.spec, self.model, self.request, counter)
         self.work = summarise_work(counter, decode_steps=self.spec.new_tokens)
@@ -302,7 +302,7 @@ def run_interleaved(specs: list[CellSpec], on_record=None) -> list[dict]:
     """Measure cells round by round: every cell's pass r runs before any cell's pass r+1.
 
     Slow phases of a shared machine then hit every cell of a round alike, so ratios between
-    cells of one round (``bench.compare``) are robust. All models stay resident; a pass's
+    cells of one round (``bench.reporting.compare``) are robust. All models stay resident; a pass's
     memory is its peak above the usage just before it, plus the bytes of that cell's model.
     Each record has ``"interleaved": true`` and its timings per round in
     ``metrics.spread.<metric>.values``. A failing cell drops out with its record.

@@ -1,17 +1,17 @@
 """``viperbench predict``: memory, fit, max frames and roofline speed of a cell on a named GPU, from a CPU.
 
-- **Peak allocated memory** (``bench.fake_pass``): one pass of the cell on fake tensors, with
-  the GPU kernels' allocation patterns (``bench.gpu_kernels``). This is what
+- **Peak allocated memory** (``bench.predict.fake_pass``): one pass of the cell on fake tensors, with
+  the GPU kernels' allocation patterns (``bench.predict.gpu_kernels``). This is what
   ``torch.cuda.max_memory_allocated`` would report, split into weights, KV cache, SSM/conv
   state, compressor parameters and activations (the rest, at the peak).
 - **Fit**: the peak against the GPU's memory less two stated margins that torch's
   allocated counter does not see: the CUDA context, driver reservation and library
   workspaces (``context_margin``, a fixed amount), and the caching allocator's
   fragmentation (``allocator_margin``, a fraction of what is left).
-- **Max frames**: ``bench.maxframes.search`` with predictions as its probes. It starts
+- **Max frames**: ``bench.measure.maxframes.search`` with predictions as its probes. It starts
   from a linear fit of two predictions (peak memory grows linearly with the frame count on
   the GPU path) and confirms around it.
-- **Roofline**: analytic FLOPs and bytes (``bench.cost``) over the GPU's dense bf16 peak and
+- **Roofline**: analytic FLOPs and bytes (``bench.measure.cost``) over the GPU's dense bf16 peak and
   bandwidth: lower bounds on prefill and decode time.
 - **Serving** (``serve_batch``): generated tokens/s of a batch of identical requests when
   the KV cache of the whole batch does not fit: as a serving engine would, only as many
@@ -25,10 +25,10 @@ from __future__ import annotations
 import math
 import time
 
-from bench.cost import (account, decode_bytes, flops, kv_bytes_per_token, llm_input_tokens, roofline,
+from bench.measure.cost import (account, decode_bytes, flops, kv_bytes_per_token, llm_input_tokens, roofline,
                         tokens_per_layer, weights_read_per_step)
 from bench.errors import UserError
-from bench.gpus import GPU
+from bench.predict.gpus import GPU
 from bench.records import environment, make_record
 
 GIB = 2**30
@@ -50,7 +50,7 @@ class Predictor:
 
     def __call__(self, frames: int) -> dict:
         if frames not in self.results:
-            from bench.fake_pass import predict_pass
+            from bench.predict.fake_pass import predict_pass
 
             self.results[frames] = predict_pass(self.spec.replace(frames=frames), target=self.target,
                                                 mamba=self.mamba)
@@ -92,7 +92,7 @@ class Predictor:
 
 
 def predicted_max_frames(predictor: Predictor, *, limit: int = 1 << 20, precision: float = 1 / 32) -> dict:
-    from bench.maxframes import search
+    from bench.measure.maxframes import search
 
     t0 = time.perf_counter()
     estimate = predictor.linear_estimate(predictor.spec.frames)

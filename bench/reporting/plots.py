@@ -1,7 +1,7 @@
 """Figures of benchmark results: JSON-lines records in, PNG or PDF out.
 
 Each ``plot_*`` function draws one figure from a list of records (as
-``bench.table.load_records`` returns them) and writes it to ``out``; the file's suffix
+``bench.reporting.table.load_records`` returns them) and writes it to ``out``; the file's suffix
 (``.png`` or ``.pdf``) picks the format. The data behind each figure comes from a pure
 function (``series_points``, ``max_frames_bars``, ``pareto_front``, ...) so that what gets
 plotted can be checked without looking at pixels::
@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from bench.errors import UserError
-from bench.table import MIB, METRICS, field, metric_info
+from bench.reporting.table import MIB, METRICS, field, metric_info
 
 DPI = 150
 SUFFIXES = (".png", ".pdf")
@@ -377,7 +377,7 @@ def plot_xy(records: list[dict], x: str, y: str, out: str, *, series: list[str] 
     """A line plot of metric ``y`` against numeric ``x``, one line per series; returns the path written.
 
     ``series`` are the keys whose values tell lines apart (default: ``default_series``).
-    ``y`` is a metric of ``bench.table.METRICS`` or ``task.<name>``, labelled with its
+    ``y`` is a metric of ``bench.reporting.table.METRICS`` or ``task.<name>``, labelled with its
     unit (peak memory in MiB). OOM cells are marked with an "x" at the top of the axis
     at their x; error cells are skipped. ``logx`` defaults to True when x spans more
     than a factor of 8. UserError when there is nothing to plot.
@@ -419,7 +419,7 @@ def plot_probes(records: list[dict], out: str) -> str:
 def plot_pareto(records: list[dict], out: str, x: str = "prefill_tok_s", y: str = "task.accuracy") -> str:
     """Scatter of ``y`` against ``x``, one labelled point per cell, the Pareto front highlighted.
 
-    The direction of each axis comes from ``bench.table.metric_info`` (higher is better
+    The direction of each axis comes from ``bench.reporting.table.metric_info`` (higher is better
     unless the metric says otherwise); front points are connected in red.
     """
     _check_suffix(out)

@@ -15,7 +15,7 @@ wins over lm-eval's ``--device``; without either, the device is CUDA when it exi
 (lm-eval's own default is CUDA).
 
 Everything runs through the harness's own layer loop: a context is prefilled
-(``bench.pipeline.prefill``), a continuation is teacher-forced one ``decode_step`` at a time
+(``bench.engine.pipeline.prefill``), a continuation is teacher-forced one ``decode_step`` at a time
 (decode through the cache equals a full forward, ``tests/test_backbones.py``), and
 ``generate_until`` decodes greedily. Requests are text only: the LLM-side compressors act on
 vision tokens, so with no video they leave the sequence as it is.
@@ -61,7 +61,7 @@ class ViperbenchLM(LM):
                  prefill_chunk: int | None = None, max_length: int = 4096, seed: int = 0):
         super().__init__()
         from architectures.tokenizer import tokenizer_for
-        from bench.runner import build_model
+        from bench.measure.runner import build_model
         from bench.spec import check_device, make_spec
 
         values = {"arch": arch, "preset": None if checkpoint else preset, "checkpoint": checkpoint,
@@ -105,7 +105,7 @@ class ViperbenchLM(LM):
 
     def _score(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
         """Sum of log p(continuation | context) and whether greedy decoding gives exactly it."""
-        from bench.pipeline import decode_step, prefill
+        from bench.engine.pipeline import decode_step, prefill
 
         bb = self.backbone
         device = bb.device
@@ -145,7 +145,7 @@ class ViperbenchLM(LM):
         return out
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from bench.pipeline import decode_step, prefill
+        from bench.engine.pipeline import decode_step, prefill
 
         out = []
         bb = self.backbone

@@ -1,9 +1,9 @@
 """Where a cell runs: in this process, or in a fresh child process.
 
 ``process`` isolates cells (an OOM or a crash cannot poison the next one) and is what
-max-frames probes use. The child is ``python -m bench.worker``: it reads a spec as JSON
+max-frames probes use. The child is ``python -m bench.launch.worker``: it reads a spec as JSON
 on stdin and prints its record on a line starting with ``RECORD_PREFIX``; it dies with
-the process that started it, also when that one is killed (``bench.lifeline``).
+the process that started it, also when that one is killed (``bench.launch.lifeline``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import signal
 import subprocess
 import sys
 
-from bench.lifeline import PARENT_ENV
+from bench.launch.lifeline import PARENT_ENV
 from bench.records import environment, make_record
-from bench.runner import run_cell
+from bench.measure.runner import run_cell
 from bench.spec import CellSpec
 
 RECORD_PREFIX = "viperbench-record "
@@ -34,7 +34,7 @@ def run_process(spec: CellSpec, timeout: float | None = None) -> dict:
     """Run one cell in a child process and return its record, also when the child dies."""
     env = {**os.environ, **CHILD_ENV, PARENT_ENV: str(os.getpid())}
     try:
-        proc = subprocess.run([sys.executable, "-m", "bench.worker"], input=json.dumps(spec.to_dict()),
+        proc = subprocess.run([sys.executable, "-m", "bench.launch.worker"], input=json.dumps(spec.to_dict()),
                               capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return make_record(spec.to_dict(), environment(spec.device), status="error",
@@ -51,8 +51,8 @@ def run_process(spec: CellSpec, timeout: float | None = None) -> dict:
 
 
 def run_ray(spec: CellSpec) -> dict:
-    """A Ray task per cell (bench.ray_launcher); ray is imported only when this launcher runs."""
-    from bench.ray_launcher import run_ray as _run_ray
+    """A Ray task per cell (bench.launch.ray_cluster); ray is imported only when this launcher runs."""
+    from bench.launch.ray_cluster import run_ray as _run_ray
 
     return _run_ray(spec)
 

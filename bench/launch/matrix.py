@@ -112,11 +112,11 @@ def run_matrix(cells: list[CellSpec], output: str | None, *, launcher: str = "in
     """Run every cell, appending each record to ``output`` as it ends; returns this run's records.
 
     With ``interleave``, all cells are built in this process and measured round by round
-    (``bench.runner.run_interleaved``): the setting for ratios between cells, e.g. a CI gate.
+    (``bench.measure.runner.run_interleaved``): the setting for ratios between cells, e.g. a CI gate.
     """
     from tqdm import tqdm
 
-    from bench.launchers import LAUNCHERS
+    from bench.launch.process import LAUNCHERS
 
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
@@ -148,7 +148,7 @@ def run_matrix(cells: list[CellSpec], output: str | None, *, launcher: str = "in
         records.append(record)
 
     if interleave:
-        from bench.runner import run_interleaved
+        from bench.measure.runner import run_interleaved
 
         def on_record(cell, record):
             keep(record)

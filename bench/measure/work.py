@@ -14,7 +14,7 @@ stage timer: every stage (``vision_s``, ``prefill_s``, ``decode_s``) is watched 
 - ``kernels`` (CUDA only): kernel launches seen by the profiler.
 
 The numbers depend on the code and on the library versions (torch, transformers), not on the
-machine's load: ``bench.compare`` gates them exactly between records of the same versions.
+machine's load: ``bench.reporting.compare`` gates them exactly between records of the same versions.
 Decode counts are per generated token (the decode stage divided by its steps).
 """
 
@@ -72,7 +72,7 @@ def _storage_id(t: torch.Tensor):
 
 
 class WorkCounter:
-    """Stands in for ``bench.meters.StageTimer`` (same ``stage(name)``) and counts each stage's work."""
+    """Stands in for ``bench.measure.meters.StageTimer`` (same ``stage(name)``) and counts each stage's work."""
 
     def __init__(self, device: str):
         self.device = device

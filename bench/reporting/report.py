@@ -18,10 +18,10 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import plots
+from bench.reporting import plots
 from bench.errors import UserError
 from bench.records import iter_records
-from bench.table import field, metric_info, render
+from bench.reporting.table import field, metric_info, render
 
 ROW_KEYS = ("arch", "compressor", "preset")
 TABLE_METRICS = ("prefill_tok_s", "decode_tok_s", "ttft_s", "peak_mem_bytes", "compression_ratio")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from bench.errors import UserError
-from bench.table import MIB, _latex_escape, field, metric_info
+from bench.reporting.table import MIB, _latex_escape, field, metric_info
 
 TASK_HEADLINE = {"videomme": ("accuracy", "Video-MME acc (%)"), "vdc": ("accuracy", "VDC acc (%)"),
                  "charades": ("miou", "Charades mIoU")}
