@@ -239,7 +239,7 @@ def _child_can_import_bench() -> None:
     """The cell's child runs ``python -m bench.launch.worker``: make it import the same viperbench this
     worker imported, also when that is a checkout that is not installed (Ray passes the driver's
     sys.path to its workers, but not to their child processes)."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     sites = {str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()]}
     if root in sites:
         return

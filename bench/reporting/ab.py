@@ -37,7 +37,7 @@ from pathlib import Path
 
 from bench.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MATRIX = REPO / "results" / "baselines" / "ab-gate.toml"
 # metric -> (higher is better, the CPU-time twin used on CPU cells when both sides have it)
 GATED = {"prefill_tok_s": (True, "prefill_cpu_tok_s"), "decode_tok_s": (True, "decode_cpu_tok_s")}
@@ -56,10 +56,12 @@ def _git(*args: str, cwd: Path = REPO, **kwargs) -> subprocess.CompletedProcess:
 
 
 def is_checkout(path: Path) -> bool:
-    """A viperbench checkout: its command line and a pyproject naming the project."""
+    """A viperbench checkout: its command line (a module, or a package in later trees) and a pyproject naming it."""
     pyproject = path / "pyproject.toml"
+    cli = path / "bench" / "cli"
     try:
-        return (path / "bench" / "cli.py").is_file() and 'name = "viperbench"' in pyproject.read_text()
+        return ((cli.with_suffix(".py").is_file() or (cli / "__init__.py").is_file())
+                and 'name = "viperbench"' in pyproject.read_text())
     except OSError:
         return False
 
@@ -69,7 +71,7 @@ def resolve(name: str, given: str, scratch: Path) -> Side:
     path = Path(given)
     if path.is_dir():
         if not is_checkout(path):
-            raise UserError(f"--{name} {given!r} is not a viperbench checkout (no bench/cli.py and pyproject.toml)")
+            raise UserError(f"--{name} {given!r} is not a viperbench checkout (no bench/cli and pyproject.toml)")
         head = _git("rev-parse", "--short=12", "HEAD", cwd=path, text=True)
         return Side(name, given, path.resolve(), head.stdout.strip() if head.returncode == 0 else None)
     found = _git("rev-parse", "--verify", "--quiet", f"{given}^{{commit}}", text=True)

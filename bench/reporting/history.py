@@ -87,7 +87,7 @@ def _commit_date(commit: str | None) -> float | None:
         return None
     try:
         out = subprocess.run(["git", "show", "-s", "--format=%ct", commit], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parents[1])
+                             cwd=Path(__file__).resolve().parents[2])
         return float(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
