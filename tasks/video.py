@@ -105,7 +105,6 @@ class PyAVReader(Reader):
     def __init__(self, path: str):
         import av
 
-        self._av = av
         self._container = av.open(path)
         try:
             self._stream = self._container.streams.video[0]
@@ -191,29 +190,41 @@ class TorchCodecReader(Reader):
         return self._decoder.get_frames_at(list(indices)).data.numpy()
 
 
+def _probe_torchcodec() -> None:
+    """torchcodec imports without FFmpeg's shared libraries and fails only when a video is opened: its
+    ``_core.ops`` module loads them at import and records whether it could."""
+    from torchcodec._core import ops
+
+    if not getattr(ops, "_FFMPEG_AVAILABLE", True):
+        raise RuntimeError("FFmpeg's shared libraries (versions 4 to 8) were not found")
+
+
 @dataclass(frozen=True)
 class Decoder:
     name: str
-    module: str  # what must import for it to work
     distribution: str  # the pip package (its version goes into a record's env)
     extra: str | None  # viperbench's extra that installs it; None: a core dependency
     open: Callable[[str], Reader]
+    probe: Callable[[], None]  # imports what the decoder needs; raises when it cannot work here
 
 
 DEFAULT_DECODER = "pyav"
 DECODERS = {d.name: d for d in (
-    Decoder("pyav", "av", "av", None, PyAVReader),
-    Decoder("decord", "decord", "decord", "decord", DecordReader),
-    Decoder("torchcodec", "torchcodec.decoders", "torchcodec", "torchcodec", TorchCodecReader),
+    Decoder("pyav", "av", None, PyAVReader, lambda: importlib.import_module("av")),
+    Decoder("decord", "decord", "decord", DecordReader, lambda: importlib.import_module("decord")),
+    Decoder("torchcodec", "torchcodec", "torchcodec", TorchCodecReader, _probe_torchcodec),
 )}
+
+
+NOT_INSTALLED = "is not installed"
 
 
 def _import_problem(decoder: Decoder) -> str | None:
     """Why ``decoder`` cannot be used here (not installed, or its native libraries do not load), or None."""
     try:
-        importlib.import_module(decoder.module)
+        decoder.probe()
     except ImportError as exc:
-        return "is not installed" if isinstance(exc, ModuleNotFoundError) else f"does not load ({_one_line(exc)})"
+        return NOT_INSTALLED if isinstance(exc, ModuleNotFoundError) else f"does not load ({_one_line(exc)})"
     except Exception as exc:  # e.g. torchcodec without the FFmpeg libraries it links against
         return f"does not load ({_one_line(exc)})"
     return None
@@ -242,9 +253,10 @@ def get_decoder(name: str) -> Decoder:
     decoder = check_decoder_name(name)
     problem = _import_problem(decoder)
     if problem:
-        how = f"pip install 'viperbench[{decoder.extra}]'" if decoder.extra else f"pip install {decoder.distribution}"
         installed = ", ".join(installed_decoders()) or "none"
-        raise UserError(f"video decoder {name!r} {problem}: {how}; installed: {installed}")
+        if problem == NOT_INSTALLED:
+            problem += ": pip install " + (f"'viperbench[{decoder.extra}]'" if decoder.extra else decoder.distribution)
+        raise UserError(f"video decoder {name!r} {problem}; installed: {installed}")
     return decoder
 
 

@@ -202,6 +202,20 @@ def test_not_installed_decoder_names_it_and_the_installed_ones(monkeypatch, vide
     assert "\n" not in message
 
 
+def test_decoder_that_does_not_load_says_why(monkeypatch, video):
+    """torchcodec without FFmpeg's libraries imports, then fails on the first video: it is refused up front."""
+    import dataclasses
+
+    def no_ffmpeg():
+        raise RuntimeError("FFmpeg's shared libraries (versions 4 to 8) were not found")
+
+    monkeypatch.setitem(DECODERS, "torchcodec", dataclasses.replace(DECODERS["torchcodec"], probe=no_ffmpeg))
+    assert "torchcodec" not in installed_decoders()
+    with pytest.raises(UserError, match=r"^video decoder 'torchcodec' does not load \(FFmpeg's shared libraries "
+                                        r"\(versions 4 to 8\) were not found\); installed: pyav"):
+        load_frames(video, frames=2, decoder="torchcodec")
+
+
 def test_bad_decoder_flag_is_one_line(capfd):
     user_error(capfd, ["run", "--arch", "transformer", "--frames", "2", "--decoder", "nope"],
                "unknown video decoder 'nope'", "installed: pyav")
