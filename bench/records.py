@@ -49,7 +49,9 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: str) -> dict[str, Any]:
+def environment(device: str, decoder: str | None = None) -> dict[str, Any]:
+    """Where a record was made. ``decoder``: the video decoder that decoded its frames, if any; its name
+    and version are added."""
     import torch
     import transformers
 
@@ -57,7 +59,7 @@ def environment(device: str) -> dict[str, Any]:
         name = torch.cuda.get_device_name(torch.device(device))
     else:
         name = f"{_cpu_name()} ({os.cpu_count()} cpus, {torch.get_num_threads()} threads)"
-    return {
+    env = {
         "device_name": name,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -65,6 +67,11 @@ def environment(device: str) -> dict[str, Any]:
         "kernels": kernel_report(device),
         "commit": _commit(),
     }
+    if decoder is not None:
+        from tasks.video import decoder_version
+
+        env.update(decoder=decoder, decoder_version=decoder_version(decoder))
+    return env
 
 
 def kernel_report(device: str) -> dict[str, Any]:

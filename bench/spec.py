@@ -11,6 +11,7 @@ from bench.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
 VISIONS = ("synthetic", "siglip")
+DEFAULT_DECODER = "pyav"  # = tasks.video.DEFAULT_DECODER (that module imports torch; this one must not)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class CellSpec:
     warmup: int = 1
     repeats: int = 3
     seed: int = 0
+    decoder: str = DEFAULT_DECODER  # video decoder for tasks that decode videos (tasks.video.DECODERS)
 
     @property
     def resolved_dtype(self) -> str:
@@ -41,6 +43,8 @@ class CellSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["dtype"] = self.resolved_dtype
+        if d["decoder"] == DEFAULT_DECODER:  # the default leaves the record's spec (and its key) as it was before
+            del d["decoder"]
         return d
 
     def key(self) -> tuple:
@@ -54,7 +58,7 @@ class CellSpec:
 
 
 FIELDS = {f.name: f for f in fields(CellSpec)}
-TEXT = ("arch", "preset", "checkpoint", "compressor", "vision", "device", "dtype", "task")
+TEXT = ("arch", "preset", "checkpoint", "compressor", "vision", "device", "dtype", "task", "decoder")
 # the domain of every numeric setting: the same parsers as the numeric flags (bench.flags)
 NUMBERS = {"frames": flags.positive_int, "tokens_per_frame": flags.positive_int,
            "prompt_tokens": flags.positive_int, "new_tokens": flags.positive_int, "batch": flags.positive_int,
@@ -105,6 +109,8 @@ def _validate(s: CellSpec) -> None:
     from architectures import ARCHITECTURES
     from compressors.base import make_compressor
     from tasks import TASKS
+    from tasks.base import LENGTHS
+    from tasks.video import check_decoder_name, get_decoder
 
     if s.vision not in VISIONS:
         raise UserError(f"unknown vision {s.vision!r}; valid: {', '.join(VISIONS)}")
@@ -121,7 +127,10 @@ def _validate(s: CellSpec) -> None:
     compressor = make_compressor(s.compressor)
     skeleton.check_compressor(compressor)
     compressor.check(skeleton)
-    TASKS.get(s.task)
+    task = TASKS.get(s.task)
+    check_decoder_name(s.decoder)
+    if getattr(task, "kind", None) != LENGTHS:
+        get_decoder(s.decoder)  # a task that decodes videos: the decoder must import here, before anything runs
 
 
 def check_device(spec: CellSpec) -> None:

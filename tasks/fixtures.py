@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import random
+from fractions import Fraction
 
 import numpy as np
 
@@ -67,11 +68,14 @@ def _frames(seconds: float, fps: int, size: int, seed: int):
         yield frame
 
 
-def write_video(path, *, seconds: float = 3, fps: int = 4, size: int = 64, seed: int = 0) -> str:
+def write_video(path, *, seconds: float = 3, fps: int = 4, size: int = 64, seed: int = 0, bframes: int = 0,
+                keyframe_every: int | None = None, start_pts: int = 0) -> str:
     """Write an mp4 of ``seconds`` at ``fps`` and ``size`` x ``size`` pixels with moving coloured squares.
 
     Encodes h264 (libx264) when PyAV has it, else mpeg4. ``size`` is rounded up to an even number.
-    Returns the path.
+    ``bframes``: B-frames between references (decode order then differs from presentation order);
+    ``keyframe_every``: a keyframe every N frames (several to seek between); ``start_pts``: the first
+    frame's pts in units of 1/fps (a video that does not start at 0). Returns the path.
     """
     import av
 
@@ -84,10 +88,16 @@ def write_video(path, *, seconds: float = 3, fps: int = 4, size: int = 64, seed:
         stream.width = size
         stream.height = size
         stream.pix_fmt = "yuv420p"
+        options = {"bf": str(bframes)}
+        if keyframe_every:
+            options.update(g=str(keyframe_every), keyint_min=str(keyframe_every))
         if codec in ("libx264", "h264"):
-            stream.options = {"bf": "0", "preset": "ultrafast"}
-        for image in _frames(seconds, fps, size, seed):
+            options["preset"] = "ultrafast" if not bframes else "veryfast"  # ultrafast turns B-frames off
+        stream.options = options
+        for t, image in enumerate(_frames(seconds, fps, size, seed)):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = start_pts + t
+            frame.time_base = Fraction(1, int(fps))
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():

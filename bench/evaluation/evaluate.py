@@ -1,6 +1,6 @@
 """Accuracy: run a task's documents through a model (``eval``) or score saved outputs (``score``).
 
-``eval`` decodes each document's video (decord), runs the vision side and the backbone
+``eval`` decodes each document's video (``--decoder``, PyAV by default), runs the vision side and the backbone
 with the cell's compressor, greedily generates up to the task's max new tokens (stopping
 at EOS), parses and scores the answer, and writes one log line per document (id, prompt,
 raw output, parsed answer, score, error, timings). That log is itself a predictions file
@@ -151,8 +151,8 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
                 video = Path(doc.video)  # the task's path, already under its data directory
                 # a real video LLM's processor resizes the frames itself
                 size = None if bb.takes_frames else vision_side.image_size if vision_side is not None else 32
-                clip = (load_frames(video, fps=fps, max_frames=spec.frames, size=size) if fps
-                        else load_frames(video, frames=spec.frames, size=size))
+                clip = (load_frames(video, fps=fps, max_frames=spec.frames, size=size, decoder=spec.decoder) if fps
+                        else load_frames(video, frames=spec.frames, size=size, decoder=spec.decoder))
             max_new = task.max_new_tokens_for(doc) if hasattr(task, "max_new_tokens_for") else task.max_new_tokens
             run_doc = _video_llm_doc if bb.takes_frames else _own_layout_doc
             ids, first, kept, tokens_in, ref = run_doc(bb, compressor, reference, clip, doc.prompt, max_new, tok,
@@ -181,7 +181,7 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
         metrics["fidelity/kl_first_token"] = statistics.fmean(kls)
     run_metrics = {k: statistics.fmean(t[k] for t in timings) for k in
                    ("decode_video_s", "vision_s", "prefill_s", "decode_s")} if timings else {}
-    record = make_record(spec.to_dict(), environment(spec.device), metrics=run_metrics, kind="eval",
+    record = make_record(spec.to_dict(), environment(spec.device, spec.decoder), metrics=run_metrics, kind="eval",
                          task={"name": task.name, "metrics": metrics, "n": metrics.get("n", 0),
                                "n_total": len(docs), "data": data_label or str(data_dir), "tokenizer": tok.name,
                                "sampling": f"{fps} fps, at most {spec.frames} frames" if fps
