@@ -57,11 +57,20 @@ class LayerInput:
     extras: adapter-specific tensors computed once per chunk (rotary cos/sin).
 
     No attention mask is needed: a chunk's queries always sit at the end of its layer's keys
-    (see ``architectures.attention``).
+    (see ``architectures.attention``); only an attention knockout brings one (``blocked``).
     """
 
     positions: torch.Tensor
     extras: dict[str, Any]
+    # Attention knockout (``architectures.knockout``), None without one: the chunk's rows of the blocked
+    # matrix [chunk tokens, keys so far] (True = this query may not read this key), and the attention mask
+    # made from them [1, 1, chunk tokens, keys so far] (True = may read: causal and not blocked).
+    blocked: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+
+    def with_blocked(self, rows: torch.Tensor) -> "LayerInput":
+        """This chunk's input with knockout rows [chunk tokens, keys so far] (the mask made here, once)."""
+        return LayerInput(self.positions, self.extras, rows, attention.allowed_mask(rows))
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ class Generation:
 @torch.inference_mode()
 def generate(backbone, embeds: torch.Tensor | None = None, *, max_new_tokens: int, eos_id=None,
              compressor=None, vision=(0, 0), state=None, chunk: int | None = None, timer=None,
-             after_prefill=None) -> Generation:
+             after_prefill=None, knockout=None) -> Generation:
     """Greedy decoding of at most ``max_new_tokens`` tokens per sequence.
 
     With ``eos_id`` (an id or a collection of ids; batch 1) generation stops before EOS. ``state`` is a ready token state

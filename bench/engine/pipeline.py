@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from architectures.base import Backbone, LayerInput
+from architectures.knockout import Knockout
 from architectures.tokens import TokenState  # noqa: F401 (re-exported for compressors and tests)
 
 
@@ -71,7 +72,8 @@ def prefill(backbone: Backbone, embeds: torch.Tensor, *, grad: bool = False, **k
 
 
 def _prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, vision=(0, 0),
-             chunk: int | None = None, state: TokenState | None = None) -> tuple[torch.Tensor, Sequence]:
+             chunk: int | None = None, state: TokenState | None = None,
+             knockout: Knockout | None = None) -> tuple[torch.Tensor, Sequence]:
     if state is None:
         state = TokenState.for_prompt(embeds, vision)
     cache = backbone.new_cache()
