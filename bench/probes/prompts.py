@@ -97,6 +97,11 @@ def option_text(doc: Doc) -> str | None:
     return found.group(1) if found else None
 
 
+def choices(doc: Doc) -> list[str]:
+    """The option letters a multiple-choice prompt lists ("A. red B. green ..." -> ["A", "B"]), in order."""
+    return list(dict.fromkeys(re.findall(r"(?<![A-Za-z])([A-Z])\.\s", doc.prompt)))
+
+
 def gold_answer(doc: Doc) -> str | None:
     """The gold answer text when the task has one (a letter for the multiple-choice tasks), else None."""
     return doc.target if isinstance(doc.target, str) and doc.target else None
