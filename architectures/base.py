@@ -216,6 +216,10 @@ class Backbone:
         """The attention module of layer i (q_proj, k_proj, v_proj, o_proj, head_dim, scaling)."""
         raise NotImplementedError(f"{self.name} has no attention layers")
 
+    def mamba_mixer(self, i: int) -> nn.Module:
+        """The Mamba-2 mixer of Mamba layer i (``architectures.masked_mamba`` reads its weights)."""
+        raise NotImplementedError(f"{self.name} has no Mamba-2 layers")
+
     def pre_norm(self, i: int) -> nn.Module:
         """The norm applied to the hidden states entering layer i's mixer (attention or Mamba)."""
         raise NotImplementedError

@@ -82,6 +82,9 @@ class Hybrid(Backbone):
     def attention_module(self, i: int):
         return self.layers[i].mixer
 
+    def mamba_mixer(self, i: int):
+        return self.layers[i].mixer
+
     def pre_norm(self, i: int):
         return self.layers[i].norm
 

@@ -40,6 +40,9 @@ class Mamba(Backbone):
     def layer_kind(self, i: int) -> str:
         return MAMBA
 
+    def mamba_mixer(self, i: int):
+        return self.layers[i].mixer
+
     def pre_norm(self, i: int):
         return self.layers[i].norm
 

@@ -114,6 +114,9 @@ class NemotronOmni(FamilyBackbone):
     def attention_module(self, i: int):
         return self.layers[i].mixer
 
+    def mamba_mixer(self, i: int):
+        return self.layers[i].mixer
+
     def pre_norm(self, i: int):
         return self.layers[i].norm
 
