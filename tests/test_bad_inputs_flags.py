@@ -26,7 +26,7 @@ PROBES = ("nan", "inf", "-inf", "0", "-1")  # fed to every numeric flag where ou
 TEXT_FLAGS = {"--output", "--launcher", "--gpu", "--mamba-kernels", "--data", "--judge", "--log", "--train",
               "--base", "--head", "--commit", "--store", "--cell",
               "--baseline", "--reference", "--kind", "--x", "--y", "--series", "--out", "--rows", "--cols",
-              "--metric", "--format", "--preset", "--predictions", "--probe", "--edges",
+              "--metric", "--format", "--preset", "--predictions", "--knockout", "--probe", "--edges",
               *(CELL_LABELS[name] for name in TEXT)}
 # a minimal valid rest of each command line (nothing is built: the bad value is refused first)
 BASE = {
