@@ -85,8 +85,8 @@ class _Blocking:
 
     def __init__(self, backbone: Backbone, knockout: Knockout):
         self.backbone, self.knockout = backbone, knockout
-        self.layers = knockout.layer_set(backbone.num_layers)
         self.kinds = backbone.layer_kinds()
+        self.layers = knockout.layer_set(backbone.num_layers, self.kinds)
         self.by_kind: dict[str, list] = {}
 
     def update(self, state: TokenState, chunks) -> None:
