@@ -148,6 +148,27 @@ def test_empty_knockout_is_the_plain_pass_exactly_on_families(arch, family_promp
     assert not torch.equal(blocked, plain)
 
 
+def test_family_knockouts_chunked_equal_one_shot_and_llava_hides_the_video(family_prompts):
+    """Nemotron-Omni (Mamba-2 and attention blocks): the masked forms chunked == one-shot. LLaVA-OneVision
+    has no tokens between its frames, so ``video->text`` hides the video from the answer there too."""
+    from tasks.video import Clip
+
+    bb, state = family_prompts["nemotron_h_omni"]
+    ko = parse_knockout("video->text+frame->frame")
+    one = prefill(bb, None, state=replace(state), knockout=ko)[0]
+    torch.testing.assert_close(prefill(bb, None, state=replace(state), knockout=ko, chunk=7)[0], one,
+                               rtol=1e-5, atol=1e-5)
+    assert not torch.equal(one, prefill(bb, None, state=replace(state))[0])
+    bb, state = family_prompts["llava_onevision"]
+    g = torch.Generator().manual_seed(5)
+    frames = (torch.rand(2, 3, bb.frame_size, bb.frame_size, generator=g) * 255).to(torch.uint8)
+    other = bb.encode(bb.processor_inputs(Clip.consecutive(frames), "what ?")).state
+    ko = parse_knockout("video->text")
+    torch.testing.assert_close(prefill(bb, None, state=replace(state), knockout=ko)[0],
+                               prefill(bb, None, state=replace(other), knockout=ko)[0], rtol=0, atol=1e-6)
+    assert (prefill(bb, None, state=replace(state))[0] - prefill(bb, None, state=replace(other))[0]).abs().max() > 1e-3
+
+
 # --- the masked forms with nothing blocked equal the library -------------------------------
 
 def mamba_mixers(backbones):
