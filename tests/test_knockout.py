@@ -242,6 +242,21 @@ def test_video_to_text_blocked_everywhere_hides_the_video(arch, backbones):
     assert ids[0] == ids[1]
 
 
+def test_a_compressor_dropping_tokens_mid_pass_keeps_the_knockout_on_the_tokens_left(backbones):
+    """TD drops half the video before layer 3: the blocked pairs follow the shorter sequence (one-shot
+    and chunked), and the video stays hidden from the text."""
+    from compressors.base import make_compressor
+
+    bb = backbones["hybrid"]
+    td = make_compressor("td:schedule=uni_3_0.5")
+    ko = parse_knockout("video->text")
+    runs = [prefill(bb, None, state=own_prompt(bb, video_seed=s), compressor=td, knockout=ko, chunk=c)
+            for s in (0, 9) for c in (None, 5)]
+    assert runs[0][1].length == own_prompt(bb).length - FRAMES * PER_FRAME // 2
+    for logits, _ in runs[1:]:
+        torch.testing.assert_close(logits, runs[0][0], rtol=1e-5, atol=1e-5)
+
+
 def test_hybrid_attention_only_knockout_lets_the_video_through_the_mamba_layers(backbones):
     """``kinds=attention`` blocks the hybrid's attention blocks only: the video still reaches the last
     token through the Mamba-2 blocks; blocked in every kind, it does not."""
