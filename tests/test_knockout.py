@@ -57,6 +57,12 @@ def test_parse_and_print_a_spec():
     assert str(ko) == "video->last+video->question:layers=4-9"
     assert parse_knockout("frame->frame:layers=all").layers is None
     assert parse_knockout("question->last:layers=3").layer_set(8) == {3}
+    kinds = ["mamba", "mlp", "attention", "mamba", "attention"]
+    ko = parse_knockout("video->text:layers=1-4,kinds=attention")
+    assert str(ko) == "video->text:layers=1-4,kinds=attention" and ko.layer_set(5, kinds) == {2, 4}
+    assert parse_knockout("video->text:kinds=mamba+attention").layer_set(5, kinds) == {0, 2, 3, 4}
+    with pytest.raises(UserError, match="no attention layer in layers 0-1"):
+        parse_knockout("video->text:layers=0-1,kinds=attention").layer_set(5, kinds)
 
 
 def small_state(frames=(0, 0, 1)):
@@ -80,6 +86,7 @@ def test_groups_and_edges_off_by_hand():
     assert edges_off(parse_knockout("video->last:layers=0-1"), state, kinds) == pytest.approx(3 / (2 * causal))
     assert edges_off(parse_knockout("video->text+question->last"), state, kinds) == pytest.approx(7 / causal)
     assert edges_off(parse_knockout("video->text"), state, ["mamba", "mlp"]) == 0.0  # no attention edges
+    assert edges_off(parse_knockout("video->last:kinds=attention"), state, kinds) == pytest.approx(3 / causal)
     # a group read by itself keeps each token's own pair: no query is left without a key
     assert not parse_knockout("video->video").blocked(state).diagonal().any()
 
@@ -139,6 +146,27 @@ def test_empty_knockout_is_the_plain_pass_exactly_on_families(arch, family_promp
         assert torch.equal(ours, plain), ko
     blocked, _ = prefill(bb, None, state=replace(state), knockout=parse_knockout("video->last"))
     assert not torch.equal(blocked, plain)
+
+
+def test_family_knockouts_chunked_equal_one_shot_and_llava_hides_the_video(family_prompts):
+    """Nemotron-Omni (Mamba-2 and attention blocks): the masked forms chunked == one-shot. LLaVA-OneVision
+    has no tokens between its frames, so ``video->text`` hides the video from the answer there too."""
+    from tasks.video import Clip
+
+    bb, state = family_prompts["nemotron_h_omni"]
+    ko = parse_knockout("video->text+frame->frame")
+    one = prefill(bb, None, state=replace(state), knockout=ko)[0]
+    torch.testing.assert_close(prefill(bb, None, state=replace(state), knockout=ko, chunk=7)[0], one,
+                               rtol=1e-5, atol=1e-5)
+    assert not torch.equal(one, prefill(bb, None, state=replace(state))[0])
+    bb, state = family_prompts["llava_onevision"]
+    g = torch.Generator().manual_seed(5)
+    frames = (torch.rand(2, 3, bb.frame_size, bb.frame_size, generator=g) * 255).to(torch.uint8)
+    other = bb.encode(bb.processor_inputs(Clip.consecutive(frames), "what ?")).state
+    ko = parse_knockout("video->text")
+    torch.testing.assert_close(prefill(bb, None, state=replace(state), knockout=ko)[0],
+                               prefill(bb, None, state=replace(other), knockout=ko)[0], rtol=0, atol=1e-6)
+    assert (prefill(bb, None, state=replace(state))[0] - prefill(bb, None, state=replace(other))[0]).abs().max() > 1e-3
 
 
 # --- the masked forms with nothing blocked equal the library -------------------------------
@@ -207,9 +235,37 @@ def test_video_to_text_blocked_everywhere_hides_the_video(arch, backbones):
         plain = prefill(bb, None, state=own_prompt(bb), chunk=chunk)[0]
         plain_other = prefill(bb, None, state=own_prompt(bb, video_seed=9), chunk=chunk)[0]
         assert (plain - plain_other).abs().max() > 1e-3
+    torch.testing.assert_close(prefill(bb, None, state=own_prompt(bb), knockout=ko, chunk=6)[0],
+                               prefill(bb, None, state=own_prompt(bb), knockout=ko)[0], rtol=1e-5, atol=1e-5)
     # generation too: each new token joins the text, and still sees no video
     ids = [generate(bb, state=own_prompt(bb, video_seed=s), knockout=ko, max_new_tokens=3).ids() for s in (0, 9)]
     assert ids[0] == ids[1]
+
+
+def test_a_compressor_dropping_tokens_mid_pass_keeps_the_knockout_on_the_tokens_left(backbones):
+    """TD drops half the video before layer 3: the blocked pairs follow the shorter sequence (one-shot
+    and chunked), and the video stays hidden from the text."""
+    from compressors.base import make_compressor
+
+    bb = backbones["hybrid"]
+    td = make_compressor("td:schedule=uni_3_0.5")
+    ko = parse_knockout("video->text")
+    runs = [prefill(bb, None, state=own_prompt(bb, video_seed=s), compressor=td, knockout=ko, chunk=c)
+            for s in (0, 9) for c in (None, 5)]
+    assert runs[0][1].length == own_prompt(bb).length - FRAMES * PER_FRAME // 2
+    for logits, _ in runs[1:]:
+        torch.testing.assert_close(logits, runs[0][0], rtol=1e-5, atol=1e-5)
+
+
+def test_hybrid_attention_only_knockout_lets_the_video_through_the_mamba_layers(backbones):
+    """``kinds=attention`` blocks the hybrid's attention blocks only: the video still reaches the last
+    token through the Mamba-2 blocks; blocked in every kind, it does not."""
+    bb = backbones["hybrid"]
+    ko = parse_knockout("video->text:kinds=attention")
+    one = prefill(bb, None, state=own_prompt(bb), knockout=ko)[0]
+    other = prefill(bb, None, state=own_prompt(bb, video_seed=9), knockout=ko)[0]
+    assert (one - other).abs().max() > 1e-4
+    assert not torch.equal(one, prefill(bb, None, state=own_prompt(bb))[0])
 
 
 @pytest.mark.parametrize("arch", ["transformer", "qwen3_vl"])
@@ -253,7 +309,9 @@ BAD = [
     ("frame->last", ("only valid in frame->frame",)),
     ("video->last:layers=5-2", ("layers", "5 is after", "2")),
     ("video->last:layers=x", ("layers 'x'",)),
-    ("video->last:steps=2", ("unknown option",)),
+    ("video->last:steps=2", ("unknown option", "'steps=2'")),
+    ("video->last:kinds=mlp", ("unknown layer kind", "'mlp'")),
+    ("video->last:layers=1-2,layers=3-4", ("'layers' given twice",)),
     ("video->last:layers=0-99", ("out of range", "9 layers")),
 ]
 

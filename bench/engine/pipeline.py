@@ -85,8 +85,8 @@ class _Blocking:
 
     def __init__(self, backbone: Backbone, knockout: Knockout):
         self.backbone, self.knockout = backbone, knockout
-        self.layers = knockout.layer_set(backbone.num_layers)
         self.kinds = backbone.layer_kinds()
+        self.layers = knockout.layer_set(backbone.num_layers, self.kinds)
         self.by_kind: dict[str, list] = {}
 
     def update(self, state: TokenState, chunks) -> None:
@@ -94,9 +94,12 @@ class _Blocking:
         if not bool(blocked.any()):
             self.by_kind = {}
             return
-        whole = self.backbone.layer_input(state.positions).with_blocked(blocked)
-        self.by_kind = {ATTENTION: [(s, e, inp.with_blocked(blocked[s:e, :e])) for s, e, inp in chunks],
-                        MAMBA: [(0, state.length, whole)]}
+        kinds = {self.kinds[i] for i in self.layers}
+        self.by_kind = {}
+        if ATTENTION in kinds:
+            self.by_kind[ATTENTION] = [(s, e, inp.with_blocked(blocked[s:e, :e])) for s, e, inp in chunks]
+        if MAMBA in kinds:  # the masked form reads only the blocked matrix, over the whole sequence
+            self.by_kind[MAMBA] = [(0, state.length, LayerInput(state.positions, {}, blocked))]
 
     def chunks(self, i: int, plain):
         return self.by_kind.get(self.kinds[i], plain) if i in self.layers else plain

@@ -178,7 +178,7 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
     model = build_model(spec)
     bb, vision_side, compressor = model.backbone, model.vision, model.compressor
     if knockout is not None:
-        knockout.layer_set(bb.num_layers)  # its layer range fits this model, before any document runs
+        knockout.layer_set(bb.num_layers, bb.layer_kinds())  # its range fits this model, before any document
     reference = make_compressor("none") if fidelity else None
     tok = tokenizer_for(bb)
     scores: list[dict | None] = []
