@@ -63,6 +63,22 @@ def test_flow_knockout_end_to_end_records_and_plot(data, tmp_path, capsys, arch)
     capsys.readouterr()
 
 
+def test_a_sweep_blocking_attention_only_changes_nothing_in_mamba_windows():
+    from bench.probes import knockout
+
+    bb, tok, pdoc = _probe_doc("hybrid")
+    result = knockout.run(bb, [pdoc], tok, window=1, edges=["video->text:kinds=attention", "video->text"])
+    rows = {(r["edges"], r["start"]): r for r in result["rows"]}
+    kinds = bb.layer_kinds()
+    for i, kind in enumerate(kinds):
+        attention_only = rows[("video->text:kinds=attention", i)]
+        if kind != "attention":
+            assert attention_only["mean"] == 0.0 and attention_only["edges_off"] == 0.0
+        if kind == "mlp":
+            assert rows[("video->text", i)]["mean"] == 0.0
+    assert any(rows[("video->text", i)]["mean"] != 0.0 for i, k in enumerate(kinds) if k == "mamba")
+
+
 @pytest.mark.parametrize("arch", ["transformer", "hybrid"])
 def test_logit_lens_at_the_last_layer_is_the_models_own_last_token_logits(arch):
     bb, _, pdoc = _probe_doc(arch)

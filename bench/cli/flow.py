@@ -23,8 +23,8 @@ def add_commands(sub) -> None:
     p.add_argument("--probe", required=True, help="knockout | logit-lens | mixing")
     p.add_argument("--window", type=flags.positive_int, help="knockout: layers per window, slid over the depth "
                                                              "(default 1)")
-    p.add_argument("--edges", help="knockout: edge groups, comma list, each EDGE[+EDGE...] (default: video->question,"
-                                   "video->last,question->last,frame->frame,video->text)")
+    p.add_argument("--edges", help="knockout: edge groups, comma list, each EDGE[+EDGE...][:kinds=K] (default: "
+                                   "video->question,video->last,question->last,frame->frame,video->text)")
     p.add_argument("--limit", type=flags.positive_int, help="only the first N documents")
     p.add_argument("--output", help="append the flow record to this JSONL file")
     p.set_defaults(handler=cmd_flow)

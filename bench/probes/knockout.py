@@ -1,12 +1,14 @@
 """The attention-knockout sweep (Map the Flow): block an edge group in a window of K layers, slide it.
 
-For each edge group (``video->last``, or several joined: ``video->last+video->question``) and each
+For each edge group (``video->last``, or several joined: ``video->last+video->question``; a group may
+keep ``:kinds=attention`` or ``:kinds=mamba`` to block in those layer kinds only) and each
 window start s (layers s..s+K-1), the relative change of the probability of the reference answer's
 first token at the last position, (p_blocked - p) / p, per document; rows give its mean over
 documents, the standard deviation and the standard error. The reference answer is the gold answer
 when the task has one, otherwise the unablated model's own next token. Blocking follows
 ``architectures.knockout``: attention layers get a mask, Mamba-2 layers the masked SSD form, MLP
-layers mix nothing (a window of MLP layers only changes nothing).
+layers mix nothing (a window of MLP layers only changes nothing). A group with ``:kinds=`` in a window
+holding no layer of those kinds blocks nothing: its change is 0 without a pass.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from bench.probes.prompts import ProbeDoc, first_token, gold_answer
 
 
 def edge_group(text: str) -> Knockout:
-    """One ``--edges`` item: edges joined by ``+``, no layers (the sweep chooses them)."""
+    """One ``--edges`` item: edges joined by ``+``, optionally ``:kinds=...``; no layers (the sweep chooses them)."""
     knockout = parse_knockout(text)
     if knockout.layers is not None:
         raise UserError(f"--edges {text!r}: give edges only; the sweep slides --window over the layers")
@@ -60,7 +62,11 @@ def run(backbone, pdocs: list[ProbeDoc], tok, *, window: int = 1, edges: list[st
             references.append(source)
             for text, group in groups.items():
                 for start, end in spans:
-                    knockout = Knockout(group.edges, (start, end))
+                    if group.kinds is not None and not set(kinds[start:end + 1]) & set(group.kinds):
+                        changes.setdefault((text, start), []).append(0.0)  # no layer of those kinds: nothing blocked
+                        off.setdefault((text, start), []).append(0.0)
+                        continue
+                    knockout = Knockout(group.edges, (start, end), group.kinds)
                     p = float(last_logits(backbone, pdoc, knockout, chunk=chunk).softmax(-1)[token])
                     changes.setdefault((text, start), []).append((p - p0) / p0)
                     off.setdefault((text, start), []).append(edges_off(knockout, pdoc.state, kinds))
