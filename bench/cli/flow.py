@@ -39,7 +39,8 @@ def cmd_flow(args) -> int:
         raise UserError(f"unknown --probe {args.probe!r}; valid: {', '.join(PROBES)}")
     if args.probe != "knockout" and (args.window is not None or args.edges is not None):
         raise UserError(f"--window and --edges belong to --probe knockout, not {args.probe}")
-    values = {"vision": "siglip", "frames": 16, "warmup": 0, "repeats": 1, **{k: getattr(args, k) for k in FLOW_CELL if getattr(args, k) is not None}}
+    given = {k: getattr(args, k) for k in FLOW_CELL if getattr(args, k) is not None}
+    values = {"vision": "siglip", "frames": 16, "warmup": 0, "repeats": 1, **given}
     if values.get("task") not in TASKS:
         raise UserError(f"flow needs --task {' or '.join(TASKS)} (got {values.get('task')!r})")
     spec = make_spec(values, CELL_LABELS)
