@@ -60,3 +60,13 @@ def viperbench_sdpa(module, query, key, value, attention_mask, dropout: float = 
 
 
 AttentionInterface.register(NAME, viperbench_sdpa)
+
+
+def allowed_mask(blocked: torch.Tensor) -> torch.Tensor:
+    """An attention knockout's mask for a chunk: blocked rows [queries, keys] (True = may not read; the
+    queries are the last ``queries`` of the keys) -> [1, 1, queries, keys] bool, True = may read (causal,
+    aligned to the bottom right, and not blocked). Given to the layer as its attention mask, it takes the
+    library's SDPA path with an explicit mask (``viperbench_sdpa``)."""
+    queries, keys = blocked.shape
+    causal = torch.ones(queries, keys, dtype=torch.bool, device=blocked.device).tril(keys - queries)
+    return (causal & ~blocked)[None, None]

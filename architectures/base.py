@@ -57,11 +57,20 @@ class LayerInput:
     extras: adapter-specific tensors computed once per chunk (rotary cos/sin).
 
     No attention mask is needed: a chunk's queries always sit at the end of its layer's keys
-    (see ``architectures.attention``).
+    (see ``architectures.attention``); only an attention knockout brings one (``blocked``).
     """
 
     positions: torch.Tensor
     extras: dict[str, Any]
+    # Attention knockout (``architectures.knockout``), None without one: the chunk's rows of the blocked
+    # matrix [chunk tokens, keys so far] (True = this query may not read this key), and the attention mask
+    # made from them [1, 1, chunk tokens, keys so far] (True = may read: causal and not blocked).
+    blocked: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+
+    def with_blocked(self, rows: torch.Tensor) -> "LayerInput":
+        """This chunk's input with knockout rows [chunk tokens, keys so far] (the mask made here, once)."""
+        return LayerInput(self.positions, self.extras, rows, attention.allowed_mask(rows))
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -207,6 +216,10 @@ class Backbone:
         """The attention module of layer i (q_proj, k_proj, v_proj, o_proj, head_dim, scaling)."""
         raise NotImplementedError(f"{self.name} has no attention layers")
 
+    def mamba_mixer(self, i: int) -> nn.Module:
+        """The Mamba-2 mixer of Mamba layer i (``architectures.masked_mamba`` reads its weights)."""
+        raise NotImplementedError(f"{self.name} has no Mamba-2 layers")
+
     def pre_norm(self, i: int) -> nn.Module:
         """The norm applied to the hidden states entering layer i's mixer (attention or Mamba)."""
         raise NotImplementedError
@@ -215,17 +228,14 @@ class Backbone:
         """(cos, sin) [1, n, head_dim] for these positions, or None if the attention has no rotary."""
         return self.layer_input(positions).extras.get("rotary")
 
-    def attention_scores(self, i: int, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """[batch, length] attention of the last token over every token at attention layer i, mean over heads.
-
-        Uses the layer's own pre-norm, q/k projections, q/k norms if it has them, and rotary
-        embeddings whenever the layer has rotary (Qwen3, Qwen2, Qwen3-VL's multimodal rotary).
-        """
+    def _queries_keys(self, i: int, hidden: torch.Tensor, positions: torch.Tensor, queries: torch.Tensor):
+        """Layer i's rotated queries at ``queries`` (sequence indices) and keys of every token, [b, heads, n, hd]
+        (keys repeated to the query heads), and the attention module."""
         attn = self.attention_module(i)
         normed = self.pre_norm(i)(hidden)
         b, length, _ = normed.shape
         hd = attn.head_dim
-        q = attn.q_proj(normed[:, -1:]).view(b, 1, -1, hd)
+        q = attn.q_proj(normed[:, queries]).view(b, queries.numel(), -1, hd)
         k = attn.k_proj(normed).view(b, length, -1, hd)
         q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
         if q_norm is not None:
@@ -234,11 +244,30 @@ class Backbone:
         rot = self.rotary(positions)
         if rot is not None:
             cos, sin = (t.unsqueeze(1) for t in rot)
-            q = q * cos[..., -1:, :] + _rotate_half(q) * sin[..., -1:, :]
+            q = q * cos[..., queries, :] + _rotate_half(q) * sin[..., queries, :]
             k = k * cos + _rotate_half(k) * sin
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        return q, k, attn
+
+    def attention_scores(self, i: int, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """[batch, length] attention of the last token over every token at attention layer i, mean over heads.
+
+        Uses the layer's own pre-norm, q/k projections, q/k norms if it has them, and rotary
+        embeddings whenever the layer has rotary (Qwen3, Qwen2, Qwen3-VL's multimodal rotary).
+        """
+        last = torch.tensor([hidden.shape[1] - 1], device=hidden.device)
+        q, k, attn = self._queries_keys(i, hidden, positions, last)
         scores = (q.float() @ k.float().transpose(-1, -2)).squeeze(2) * attn.scaling  # [b, heads, length]
         return scores.softmax(-1).mean(1)
+
+    def attention_weights(self, i: int, hidden: torch.Tensor, positions: torch.Tensor,
+                          queries: torch.Tensor) -> torch.Tensor:
+        """[batch, heads, queries, length] causal attention weights of the tokens at ``queries`` (sequence
+        indices) over every token at attention layer i, as ``attention_scores`` computes them."""
+        q, k, attn = self._queries_keys(i, hidden, positions, queries)
+        scores = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling  # [b, heads, queries, length]
+        future = torch.arange(hidden.shape[1], device=hidden.device)[None, :] > queries[:, None]
+        return scores.masked_fill(future, float("-inf")).softmax(-1)
 
     # --- to implement -------------------------------------------------------------------
     def layer_kind(self, i: int) -> str:

@@ -7,6 +7,7 @@ from transformers.models.nemotron_h import modeling_nemotron_h
 
 from architectures import compat, kernels, register_architecture
 from architectures.base import ATTENTION, MAMBA, MLP, Backbone, LayerInput
+from architectures.masked_mamba import masked_block
 
 compat.require(modeling_nemotron_h, block="NemotronHBlock", params=("past_key_values", "attention_mask", "use_cache"),
                globals_=tuple(kernels.OPS), cache_methods=("get_conv_state", "get_recurrent_state",
@@ -81,8 +82,14 @@ class Hybrid(Backbone):
     def attention_module(self, i: int):
         return self.layers[i].mixer
 
+    def mamba_mixer(self, i: int):
+        return self.layers[i].mixer
+
     def pre_norm(self, i: int):
         return self.layers[i].norm
 
     def run_layer(self, i, hidden, cache, inp: LayerInput):
-        return self.layers[i](hidden, past_key_values=cache, attention_mask=None, use_cache=cache is not None)
+        layer = self.layers[i]
+        if inp.blocked is not None and self.layer_kind(i) == MAMBA:  # a knockout: the SSD's masked form
+            return masked_block(layer.norm, layer.mixer, hidden, inp.blocked)
+        return layer(hidden, past_key_values=cache, attention_mask=inp.attention_mask, use_cache=cache is not None)

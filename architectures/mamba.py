@@ -7,6 +7,7 @@ from transformers.models.mamba2 import modeling_mamba2
 
 from architectures import compat, kernels, register_architecture
 from architectures.base import MAMBA, Backbone, LayerInput
+from architectures.masked_mamba import masked_block
 
 compat.require(modeling_mamba2, block="Mamba2Block", params=("cache_params", "attention_mask"),
                globals_=tuple(kernels.OPS), cache_methods=("get_conv_state", "get_recurrent_state"))
@@ -39,8 +40,14 @@ class Mamba(Backbone):
     def layer_kind(self, i: int) -> str:
         return MAMBA
 
+    def mamba_mixer(self, i: int):
+        return self.layers[i].mixer
+
     def pre_norm(self, i: int):
         return self.layers[i].norm
 
     def run_layer(self, i, hidden, cache, inp: LayerInput):
-        return self.layers[i](hidden, cache_params=cache, attention_mask=None)
+        layer = self.layers[i]
+        if inp.blocked is not None:  # a knockout: the SSD's masked form
+            return masked_block(layer.norm, layer.mixer, hidden, inp.blocked, layer.residual_in_fp32)
+        return layer(hidden, cache_params=cache, attention_mask=None)

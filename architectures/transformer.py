@@ -57,7 +57,7 @@ class Transformer(Backbone):
     def run_layer(self, i, hidden, cache, inp: LayerInput):
         return self.layers[i](
             hidden,
-            attention_mask=None,
+            attention_mask=inp.attention_mask,
             position_ids=inp.positions[None],
             past_key_values=cache,
             use_cache=cache is not None,

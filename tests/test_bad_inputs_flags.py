@@ -26,7 +26,8 @@ PROBES = ("nan", "inf", "-inf", "0", "-1")  # fed to every numeric flag where ou
 TEXT_FLAGS = {"--output", "--launcher", "--gpu", "--mamba-kernels", "--data", "--judge", "--log", "--train",
               "--base", "--head", "--commit", "--store", "--cell",
               "--baseline", "--reference", "--kind", "--x", "--y", "--series", "--out", "--rows", "--cols",
-              "--metric", "--format", "--preset", "--predictions", *(CELL_LABELS[name] for name in TEXT)}
+              "--metric", "--format", "--preset", "--predictions", "--knockout", "--probe", "--edges",
+              *(CELL_LABELS[name] for name in TEXT)}
 # a minimal valid rest of each command line (nothing is built: the bad value is refused first)
 BASE = {
     "run": ["run", "--arch", "transformer"],
@@ -34,6 +35,7 @@ BASE = {
     "maxframes": ["maxframes", "--arch", "transformer"],
     "predict": ["predict", "--arch", "transformer", "--no-max-frames"],
     "eval": ["eval", "--task", "vniah", "--arch", "transformer"],
+    "flow": ["flow", "--task", "vniah", "--arch", "transformer", "--probe", "knockout"],
     "train": ["train", "--arch", "transformer", "--output", "never-written"],
     "compare": ["compare", "new.jsonl", "--baseline", "base.jsonl"],
     "score": ["score", "--task", "videomme", "--data", "d", "--predictions", "p.jsonl"],

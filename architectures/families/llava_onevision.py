@@ -76,5 +76,5 @@ class LlavaOneVision(FamilyBackbone):
         return LayerInput(positions, {"rotary": (cos, sin)})
 
     def run_layer(self, i, hidden, cache, inp: LayerInput):
-        return self.layers[i](hidden, attention_mask=None, position_ids=inp.positions[None], past_key_values=cache,
+        return self.layers[i](hidden, attention_mask=inp.attention_mask, position_ids=inp.positions[None], past_key_values=cache,
                               use_cache=cache is not None, position_embeddings=inp.extras["rotary"])

@@ -16,6 +16,7 @@ from transformers.models.nemotron_h import modeling_nemotron_h
 
 from architectures import kernels, register_architecture
 from architectures.base import ATTENTION, MAMBA, MLP, LayerInput
+from architectures.masked_mamba import masked_block
 from architectures.families.base import FamilyBackbone, Prompt
 from architectures.tokens import TokenState
 
@@ -113,6 +114,9 @@ class NemotronOmni(FamilyBackbone):
     def attention_module(self, i: int):
         return self.layers[i].mixer
 
+    def mamba_mixer(self, i: int):
+        return self.layers[i].mixer
+
     def pre_norm(self, i: int):
         return self.layers[i].norm
 
@@ -120,4 +124,7 @@ class NemotronOmni(FamilyBackbone):
         return self.decoder.norm_f(hidden)
 
     def run_layer(self, i, hidden, cache, inp: LayerInput):
-        return self.layers[i](hidden, past_key_values=cache, attention_mask=None, use_cache=cache is not None)
+        layer = self.layers[i]
+        if inp.blocked is not None and self.layer_kind(i) == MAMBA:  # a knockout: the SSD's masked form
+            return masked_block(layer.norm, layer.mixer, hidden, inp.blocked)
+        return layer(hidden, past_key_values=cache, attention_mask=inp.attention_mask, use_cache=cache is not None)

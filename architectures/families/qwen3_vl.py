@@ -95,7 +95,7 @@ class Qwen3VL(FamilyBackbone):
         return LayerInput(positions, {"rotary": (cos, sin)})
 
     def run_layer(self, i, hidden, cache, inp: LayerInput):
-        return self.layers[i](hidden, position_embeddings=inp.extras["rotary"], attention_mask=None,
+        return self.layers[i](hidden, position_embeddings=inp.extras["rotary"], attention_mask=inp.attention_mask,
                               past_key_values=cache, use_cache=cache is not None)
 
 

@@ -21,6 +21,9 @@ def add_commands(sub) -> None:
     p.add_argument("--subtitles", action="store_true", help="Video-MME with subtitles")
     p.add_argument("--fidelity", action="store_true",
                    help="also run without the compressor: answer agreement and first-token KL")
+    p.add_argument("--knockout", help="attention knockout EDGE[+EDGE...][:layers=I-J], e.g. video->text or "
+                                      "video->last+video->question:layers=4-9 (groups: video, text, question, "
+                                      "last, bos; frame->frame): evaluate with those edges blocked")
     p.add_argument("--log", help="per-document JSONL log (a valid --predictions file for score)")
     p.add_argument("--output", help="append the aggregate record to this JSONL file")
     p.set_defaults(handler=cmd_eval)
@@ -40,9 +43,11 @@ def add_commands(sub) -> None:
 
 
 def cmd_eval(args) -> int:
+    from architectures.knockout import parse_knockout
     from bench.evaluation.evaluate import evaluate
     from bench.spec import make_spec
 
+    knockout = parse_knockout(args.knockout) if args.knockout is not None else None
     values = {"vision": "siglip", "frames": 16, "warmup": 0, "repeats": 1, **cell_values(args)}
     if not values.get("task") or values["task"] == "synthetic":
         raise UserError("eval needs --task (videomme, charades, vdc, vniah)")
@@ -57,7 +62,7 @@ def cmd_eval(args) -> int:
         data = task.default_data(spec.seed)
     label = None if args.data else f"{spec.task} generated from seed {spec.seed}"
     record = evaluate(spec, data, data_label=label, judge=args.judge, subtitles=args.subtitles, limit=args.limit,
-                      fps=args.fps, fidelity=args.fidelity, log=args.log, output=args.output)
+                      fps=args.fps, fidelity=args.fidelity, log=args.log, output=args.output, knockout=knockout)
     print(json.dumps(record["task"]))
     return 0
 

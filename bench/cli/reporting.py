@@ -48,7 +48,7 @@ def cmd_table(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from bench.reporting import plots
+    from bench.reporting import flow_plots, plots
     from bench.reporting.table import load_records
 
     records = load_records(args.files)
@@ -61,6 +61,7 @@ def cmd_plot(args) -> int:
         "probes": lambda out: plots.plot_probes(records, out),
         "pareto": lambda out: plots.plot_pareto(records, out),
         "niah": lambda out: plots.plot_niah(records, out),
+        "flow": lambda out: flow_plots.plot_flow(records, out),
     }
     if args.kind not in kinds:
         raise UserError(f"unknown plot kind {args.kind!r}; valid: {', '.join(kinds)}")

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from architectures.base import Backbone, LayerInput
+from architectures.base import ATTENTION, MAMBA, Backbone, LayerInput
+from architectures.knockout import Knockout
 from architectures.tokens import TokenState  # noqa: F401 (re-exported for compressors and tests)
 
 
@@ -65,25 +66,66 @@ def prefill(backbone: Backbone, embeds: torch.Tensor, *, grad: bool = False, **k
     ready ``state`` instead (its own positions, vision mask, frame indices and DeepStack features).
     Inference mode, unless ``grad``: then the autograd graph is kept, so that what a compressor
     adds (TransV's cross-attention) trains through the very loop that measures it.
+
+    ``knockout`` (``architectures.knockout``) blocks its (query, key) pairs in the attention and
+    Mamba-2 layers of its layer range (see ``_Blocking``); the cache it leaves is not for decoding.
     """
     with torch.enable_grad() if grad else torch.inference_mode():
         return _prefill(backbone, embeds, **kwargs)
 
 
+class _Blocking:
+    """A knockout's per-layer chunk inputs, rebuilt whenever a compressor changes the sequence.
+
+    Attention layers get each chunk's rows of the blocked matrix (its queries against all keys so far)
+    and the mask made from them; Mamba-2 layers run once over the whole sequence in the masked form
+    (``architectures.masked_mamba``); MLP layers mix nothing. When nothing is blocked on the sequence
+    (e.g. ``frame->frame`` on one frame) no layer gets a mask: the pass is the plain one, bit for bit.
+    """
+
+    def __init__(self, backbone: Backbone, knockout: Knockout):
+        self.backbone, self.knockout = backbone, knockout
+        self.kinds = backbone.layer_kinds()
+        self.layers = knockout.layer_set(backbone.num_layers, self.kinds)
+        self.by_kind: dict[str, list] = {}
+
+    def update(self, state: TokenState, chunks) -> None:
+        blocked = self.knockout.blocked(state)
+        if not bool(blocked.any()):
+            self.by_kind = {}
+            return
+        kinds = {self.kinds[i] for i in self.layers}
+        self.by_kind = {}
+        if ATTENTION in kinds:
+            self.by_kind[ATTENTION] = [(s, e, inp.with_blocked(blocked[s:e, :e])) for s, e, inp in chunks]
+        if MAMBA in kinds:  # the masked form reads only the blocked matrix, over the whole sequence
+            self.by_kind[MAMBA] = [(0, state.length, LayerInput(state.positions, {}, blocked))]
+
+    def chunks(self, i: int, plain):
+        return self.by_kind.get(self.kinds[i], plain) if i in self.layers else plain
+
+
 def _prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, vision=(0, 0),
-             chunk: int | None = None, state: TokenState | None = None) -> tuple[torch.Tensor, Sequence]:
+             chunk: int | None = None, state: TokenState | None = None,
+             knockout: Knockout | None = None) -> tuple[torch.Tensor, Sequence]:
     if state is None:
         state = TokenState.for_prompt(embeds, vision)
     cache = backbone.new_cache()
     hooked = compressor.llm_layers(backbone) if compressor is not None else ()
     chunks = _chunk_inputs(backbone, state.positions, chunk)
+    blocking = _Blocking(backbone, knockout) if knockout is not None else None
+    if blocking is not None:
+        blocking.update(state, chunks)
     for i in range(backbone.num_layers):
         if i in hooked:
             before = state.length
             compressor.before_layer(i, state, backbone, cache)
             if state.length != before:
                 chunks = _chunk_inputs(backbone, state.positions, chunk)
-        state.hidden = _run_layer_chunked(backbone, i, state.hidden, cache, chunks)
+                if blocking is not None:
+                    blocking.update(state, chunks)
+        layer_chunks = chunks if blocking is None else blocking.chunks(i, chunks)
+        state.hidden = _run_layer_chunked(backbone, i, state.hidden, cache, layer_chunks)
         backbone.after_layer(i, state)
     logits = backbone.logits(state.hidden[:, -1:])[:, -1]
     position = state.positions.max().reshape(1) + 1  # on the device: no host sync (3-D positions: their max)

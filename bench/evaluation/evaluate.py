@@ -7,6 +7,11 @@ raw output, parsed answer, score, error, timings). That log is itself a predicti
 for ``score``. A missing or corrupt video fails that document with a recorded error and
 the run goes on; the aggregate record says how many documents were scored out of how many.
 
+With ``knockout`` (``architectures.knockout``), every document runs with those attention edges
+blocked (prefill and each generated token), each log line gets ``edges_off`` (the fraction of the
+attention layers' causal edges switched off, on the prompt as it enters the LLM) and the record's
+``task`` gets the knockout spec and the mean ``edges_off`` over the documents that ran.
+
 With ``fidelity``, each document also runs without the compressor, and the record gets
 ``fidelity/agreement`` (share of documents whose parsed answers agree, percent) and
 ``fidelity/kl_first_token`` (mean KL divergence of the first generated token's distribution,
@@ -21,7 +26,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +35,9 @@ from bench.measure.meters import StageTimer
 from bench.records import append_record, check_writable, environment, make_record
 from bench.spec import CellSpec, check_device
 from tasks import TASKS
+
+if TYPE_CHECKING:
+    from architectures.knockout import Knockout
 
 
 def make_task(name: str, data_dir: str, *, judge: str | None = None, subtitles: bool = False):
@@ -56,17 +64,42 @@ def _jsonable(value: Any) -> Any:
 
 
 def _generate(bb, compressor, vision: torch.Tensor, prompt_ids: list[int], tok, max_new: int, chunk,
-              timer=None) -> tuple:
-    """Own-layout prompt [BOS][video][prompt] through the one generate loop (stops at EOS)."""
+              timer=None, knockout=None, n_frames: int = 1) -> tuple:
+    """Own-layout prompt [BOS][video][prompt] through the one generate loop (stops at EOS).
+
+    With a ``knockout``, the prompt's state carries the frame of each vision token (``n_frames`` frames
+    of equal share, when the compressor kept the same number in each; otherwise none, and
+    ``frame->frame`` is refused) and the result also gives the fraction of attention edges switched off."""
+    from architectures.knockout import edges_off
     from bench.engine.generate import generate
 
     device = vision.device
     bos = torch.tensor([[tok.bos_id]], device=device)
     prompt = torch.tensor([prompt_ids], device=device)
     embeds = torch.cat([bb.embed(bos), vision.to(bb.dtype), bb.embed(prompt)], dim=1)
-    gen = generate(bb, embeds, max_new_tokens=max_new, eos_id=tok.eos_id, compressor=compressor,
-                   vision=(1, 1 + vision.shape[1]), chunk=chunk, timer=timer)
-    return gen.ids(), gen.first_logits[0], gen.kept
+    span = (1, 1 + vision.shape[1])
+    if knockout is None:
+        gen = generate(bb, embeds, max_new_tokens=max_new, eos_id=tok.eos_id, compressor=compressor,
+                       vision=span, chunk=chunk, timer=timer)
+        return gen.ids(), gen.first_logits[0], gen.kept, None
+    state = _own_layout_state(embeds, span, n_frames)
+    off = edges_off(knockout, state, bb.layer_kinds())
+    gen = generate(bb, max_new_tokens=max_new, eos_id=tok.eos_id, compressor=compressor, state=state,
+                   chunk=chunk, timer=timer, knockout=knockout)
+    return gen.ids(), gen.first_logits[0], gen.kept, off
+
+
+def _own_layout_state(embeds: torch.Tensor, span: tuple[int, int], n_frames: int):
+    """The own layout's token state, with frame indices when the vision tokens split evenly into frames."""
+    from architectures.tokens import TokenState
+
+    state = TokenState.for_prompt(embeds, span)
+    n = span[1] - span[0]
+    if n_frames and n % n_frames == 0:
+        frames = torch.full((state.length,), -1, dtype=torch.long, device=embeds.device)
+        frames[span[0]:span[1]] = torch.arange(n_frames, device=embeds.device).repeat_interleave(n // n_frames)
+        state.frames = frames
+    return state
 
 
 def _kl(ref_first: torch.Tensor, first: torch.Tensor) -> float:
@@ -76,7 +109,7 @@ def _kl(ref_first: torch.Tensor, first: torch.Tensor) -> float:
 
 
 def _own_layout_doc(bb, compressor, reference, clip, prompt: str, max_new: int, tok, chunk, timer, *,
-                    vision_side, seed: int, tokens_per_frame: int):
+                    vision_side, seed: int, tokens_per_frame: int, knockout=None):
     """The own layout: vision side (or random vision embeddings), then [BOS][video][chat-templated prompt]."""
     frames = clip.frames
     with torch.inference_mode():
@@ -91,18 +124,21 @@ def _own_layout_doc(bb, compressor, reference, clip, prompt: str, max_new: int, 
             tokens = tokens.to(bb.device, bb.dtype)[None]  # [1, frames, tokens per frame, hidden]
             vision = compressor.after_projector(tokens)
         prompt_ids = tok.encode_prompt(prompt)
-        ids, first, kept = _generate(bb, compressor, vision, prompt_ids, tok, max_new, chunk, timer)
+        ids, first, kept, off = _generate(bb, compressor, vision, prompt_ids, tok, max_new, chunk, timer,
+                                          knockout, tokens.shape[1])
         ref = None
         if reference is not None:
-            ref_ids, ref_first, _ = _generate(bb, reference, reference.after_projector(tokens), prompt_ids, tok,
-                                              max_new, chunk)
+            ref_ids, ref_first, _, _ = _generate(bb, reference, reference.after_projector(tokens), prompt_ids, tok,
+                                                 max_new, chunk, knockout=knockout, n_frames=tokens.shape[1])
             ref = (ref_ids, ref_first)
-    return ids, first, kept, 1 + tokens.shape[1] * tokens.shape[2] + len(prompt_ids), ref
+    return ids, first, kept, 1 + tokens.shape[1] * tokens.shape[2] + len(prompt_ids), ref, off
 
 
-def _video_llm_doc(bb, compressor, reference, clip, prompt: str, max_new: int, tok, chunk, timer, **_):
+def _video_llm_doc(bb, compressor, reference, clip, prompt: str, max_new: int, tok, chunk, timer, *, knockout=None,
+                   **_):
     """A real video LLM: the checkpoint's chat template and processor (told where in the video the sampled
     frames are: their indices and the video's frame rate), then the one generate loop."""
+    from architectures.knockout import edges_off
     from bench.engine.generate import generate
 
     with torch.inference_mode():
@@ -111,19 +147,21 @@ def _video_llm_doc(bb, compressor, reference, clip, prompt: str, max_new: int, t
             compressor.new_video()
             inputs = bb.processor_inputs(clip, prompt)
             encoded = bb.encode(inputs, compressor)
+        off = edges_off(knockout, encoded.state, bb.layer_kinds()) if knockout is not None else None
         gen = generate(bb, max_new_tokens=max_new, eos_id=tok.eos_id, compressor=compressor, state=encoded.state,
-                       chunk=chunk, timer=timer)
+                       chunk=chunk, timer=timer, knockout=knockout)
         ref = None
         if reference is not None:
             plain = generate(bb, max_new_tokens=max_new, eos_id=tok.eos_id, compressor=reference,
-                             state=bb.encode(inputs, reference).state, chunk=chunk)
+                             state=bb.encode(inputs, reference).state, chunk=chunk, knockout=knockout)
             ref = (plain.ids(), plain.first_logits[0])
-    return gen.ids(), gen.first_logits[0], gen.kept, encoded.input_ids.shape[1], ref
+    return gen.ids(), gen.first_logits[0], gen.kept, encoded.input_ids.shape[1], ref, off
 
 
 def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitles: bool = False,
              limit: int | None = None, fps: float | None = None, fidelity: bool = False,
-             log: str | None = None, output: str | None = None, data_label: str | None = None) -> dict:
+             log: str | None = None, output: str | None = None, data_label: str | None = None,
+             knockout: Knockout | None = None) -> dict:
     from architectures.tokenizer import tokenizer_for
     from bench.measure.runner import build_model
     from compressors.base import make_compressor
@@ -139,10 +177,12 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
             check_writable(path)
     model = build_model(spec)
     bb, vision_side, compressor = model.backbone, model.vision, model.compressor
+    if knockout is not None:
+        knockout.layer_set(bb.num_layers, bb.layer_kinds())  # its range fits this model, before any document
     reference = make_compressor("none") if fidelity else None
     tok = tokenizer_for(bb)
     scores: list[dict | None] = []
-    agreement, kls, timings = [], [], []
+    agreement, kls, timings, offs = [], [], [], []
     for k, doc in enumerate(docs):
         entry = {"id": doc.id, "prompt": doc.prompt, "output": None, "parsed": None, "score": None, "error": None}
         try:
@@ -155,9 +195,13 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
                         else load_frames(video, frames=spec.frames, size=size, decoder=spec.decoder))
             max_new = task.max_new_tokens_for(doc) if hasattr(task, "max_new_tokens_for") else task.max_new_tokens
             run_doc = _video_llm_doc if bb.takes_frames else _own_layout_doc
-            ids, first, kept, tokens_in, ref = run_doc(bb, compressor, reference, clip, doc.prompt, max_new, tok,
-                                                       spec.prefill_chunk, timer, vision_side=vision_side,
-                                                       seed=spec.seed + k, tokens_per_frame=spec.tokens_per_frame)
+            ids, first, kept, tokens_in, ref, off = run_doc(bb, compressor, reference, clip, doc.prompt, max_new,
+                                                            tok, spec.prefill_chunk, timer, vision_side=vision_side,
+                                                            seed=spec.seed + k,
+                                                            tokens_per_frame=spec.tokens_per_frame, knockout=knockout)
+            if off is not None:
+                entry["edges_off"] = off
+                offs.append(off)
             entry["output"] = tok.decode(ids)
             parsed = task.parse(entry["output"])
             if ref is not None:
@@ -181,11 +225,13 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
         metrics["fidelity/kl_first_token"] = statistics.fmean(kls)
     run_metrics = {k: statistics.fmean(t[k] for t in timings) for k in
                    ("decode_video_s", "vision_s", "prefill_s", "decode_s")} if timings else {}
+    knocked = {} if knockout is None else {"knockout": str(knockout),
+                                           "edges_off": statistics.fmean(offs) if offs else None}
     record = make_record(spec.to_dict(), environment(spec.device, spec.decoder), metrics=run_metrics, kind="eval",
                          task={"name": task.name, "metrics": metrics, "n": metrics.get("n", 0),
                                "n_total": len(docs), "data": data_label or str(data_dir), "tokenizer": tok.name,
                                "sampling": f"{fps} fps, at most {spec.frames} frames" if fps
-                               else f"{spec.frames} frames, uniform"})
+                               else f"{spec.frames} frames, uniform", **knocked})
     if output:
         append_record(output, record)
     return record
