@@ -22,7 +22,7 @@ from architectures.knockout import Edge, Knockout, edges_off, parse_knockout, to
 from architectures.masked_mamba import masked_block, masked_forward, mixing_matrix
 from architectures.tokens import TokenState
 from bench.engine.generate import generate
-from bench.engine.pipeline import _chunk_inputs, _run_layer_chunked, prefill
+from bench.engine.pipeline import _chunk_inputs, _run_layer_chunked, decode_step, prefill
 from bench.errors import UserError
 from tests.bad_input import user_error
 
@@ -237,6 +237,8 @@ def test_video_to_text_blocked_everywhere_hides_the_video(arch, backbones):
         assert (plain - plain_other).abs().max() > 1e-3
     torch.testing.assert_close(prefill(bb, None, state=own_prompt(bb), knockout=ko, chunk=6)[0],
                                prefill(bb, None, state=own_prompt(bb), knockout=ko)[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="no cache to decode from"):  # a knockout prefill is not for decoding
+        decode_step(bb, torch.zeros(1, 1, dtype=torch.long), prefill(bb, None, state=own_prompt(bb), knockout=ko)[1])
     # generation too: each new token joins the text, and still sees no video
     ids = [generate(bb, state=own_prompt(bb, video_seed=s), knockout=ko, max_new_tokens=3).ids() for s in (0, 9)]
     assert ids[0] == ids[1]

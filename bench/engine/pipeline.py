@@ -68,7 +68,9 @@ def prefill(backbone: Backbone, embeds: torch.Tensor, *, grad: bool = False, **k
     adds (TransV's cross-attention) trains through the very loop that measures it.
 
     ``knockout`` (``architectures.knockout``) blocks its (query, key) pairs in the attention and
-    Mamba-2 layers of its layer range (see ``_Blocking``); the cache it leaves is not for decoding.
+    Mamba-2 layers of its layer range (see ``_Blocking``). It leaves no cache to decode from (the
+    sequence's ``cache`` is None): the masked Mamba-2 form keeps no state, and the blocked pairs change
+    as the sequence grows; ``generate(knockout=)`` recomputes the sequence for each new token.
     """
     with torch.enable_grad() if grad else torch.inference_mode():
         return _prefill(backbone, embeds, **kwargs)
@@ -129,12 +131,15 @@ def _prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, visio
         backbone.after_layer(i, state)
     logits = backbone.logits(state.hidden[:, -1:])[:, -1]
     position = state.positions.max().reshape(1) + 1  # on the device: no host sync (3-D positions: their max)
-    return logits, Sequence(cache, position=position.long(), length=state.length)
+    return logits, Sequence(cache if knockout is None else None, position=position.long(), length=state.length)
 
 
 @torch.inference_mode()
 def decode_step(backbone: Backbone, token_ids: torch.Tensor, seq: Sequence) -> torch.Tensor:
     """One token per sequence ([batch, 1] ids) through the cache; returns logits [batch, vocab]."""
+    if seq.cache is None:
+        raise ValueError("this sequence was prefilled under a knockout and has no cache to decode from; "
+                         "generate(knockout=...) recomputes the sequence for each new token")
     hidden = backbone.embed(token_ids)
     inp = backbone.layer_input(seq.position.clone())
     for i in range(backbone.num_layers):
