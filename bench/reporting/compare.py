@@ -38,9 +38,8 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from bench.errors import UserError
-from bench.records import spec_key
+from bench.spec import spec_key
 from bench.stats import ratio_ci
-from bench.measure.work import moved_ops
 
 COUNTS = ("input_tokens", "vision_tokens", "tokens_after_compression")
 MEMORY = {"peak_mem_bytes": False, "max_frames": True}  # metric -> higher is better
@@ -174,6 +173,16 @@ def work_rows(label: str, old: dict, new: dict) -> list[Row]:
             note = moved_ops(o.get("by_op", {}), n.get("by_op", {})) if counter == "ops" and a != b else ""
             rows.append(Row(label, f"work {stage} {counter}", a, b, (b / a) if a else None, verdict, note))
     return rows
+
+
+def moved_ops(old: dict, new: dict, limit: int = 6) -> str:
+    """The operators whose counts moved, largest change first: ``aten::mm +9, aten::copy_ +1``."""
+    keys = set(old) | set(new)
+    deltas = [(k, new.get(k, 0) - old.get(k, 0)) for k in keys]
+    deltas = [(k, d) for k, d in deltas if abs(d) > 1e-9]
+    deltas.sort(key=lambda kd: (-abs(kd[1]), kd[0]))
+    text = ", ".join(f"{k} {d:+g}" for k, d in deltas[:limit])
+    return text + (f", ... ({len(deltas) - limit} more)" if len(deltas) > limit else "")
 
 
 def _exact(value):
