@@ -22,7 +22,7 @@ from bench.reporting.plots import (
     series_points,
     xy_figure,
 )
-from bench.reporting.table import MIB
+from bench.metrics import MIB
 from fake_records import make_record, make_search
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -150,7 +150,7 @@ def decide(pairs: list[tuple[list[dict], list[dict]]], tolerance: float, alpha: 
     """The gate's verdicts from (base records, head records) of every pair."""
     import statistics
 
-    from bench.reporting.compare import _label, work_rows
+    from bench.reporting.compare import _label, spec_varying, work_rows
     from bench.stats import paired_ratio_ci
 
     indexed = [({_key(r): r for r in b_run}, {_key(r): r for r in h_run}) for b_run, h_run in pairs]
@@ -159,8 +159,7 @@ def decide(pairs: list[tuple[list[dict], list[dict]]], tolerance: float, alpha: 
         only = sorted(str(k) for k in set(base0) ^ set(head0))[:2]
         raise UserError(f"the two sides ran different cells (e.g. {', '.join(only)}): mismatched matrices")
     every = list(base0.values())
-    varying = [k for k in every[0]["spec"] if k not in ("warmup", "repeats")
-               and len({str(r["spec"].get(k)) for r in every}) > 1]
+    varying = spec_varying(every)
     series: dict[tuple, list[float]] = {}
     values: dict[tuple, tuple[list[float], list[float]]] = {}
     out: list[Verdict] = []

@@ -37,18 +37,19 @@ from dataclasses import dataclass
 
 from tabulate import tabulate
 
+from bench import metrics as catalogue
 from bench.errors import UserError
+from bench.metrics import WORK_COUNTERS, WORK_STAGES
 from bench.spec import spec_key
+from bench.reporting.values import varying
 from bench.stats import ratio_ci
 
-COUNTS = ("input_tokens", "vision_tokens", "tokens_after_compression")
-MEMORY = {"peak_mem_bytes": False, "max_frames": True}  # metric -> higher is better
-TIMING = {"prefill_tok_s": True, "decode_tok_s": True, "e2e_tok_s": True, "prefill_s": False, "ttft_s": False,
-          "prefill_cpu_tok_s": True, "decode_cpu_tok_s": True}
+# what each gate checks, and which direction is better, comes from the catalogue (bench.metrics)
+COUNTS = tuple(catalogue.gated(catalogue.COUNT))  # exactly equal
+MEMORY = catalogue.gated(catalogue.MEMORY)  # metric -> higher is better
+TIMING = catalogue.gated(catalogue.TIMING)
 IGNORED_SPEC = ("warmup", "repeats")
 TASK_COUNTS = ("n", "n_total", "chance")
-WORK_STAGES = ("vision", "prefill", "decode_per_token")
-WORK_COUNTERS = ("ops", "alloc_bytes", "host_syncs", "kernels")
 
 
 def parse_reference(text: str | None) -> dict[str, str]:
@@ -127,6 +128,12 @@ class Row:
     verdict: str  # ok | REGRESSION | improved | info | missing
     note: str = ""  # e.g. the operators whose counts moved
     ci: tuple[float, float] | None = None  # 95% interval of the ratio (timings)
+
+
+def spec_varying(records: list[dict]) -> list[str]:
+    """The spec keys (of the first record, warm-up and repeats aside) whose values differ between records."""
+    return varying(records, [k for k in records[0]["spec"] if k not in IGNORED_SPEC],
+                   lambda r, k: r["spec"].get(k))
 
 
 def _label(record: dict, varying: list[str]) -> str:
@@ -214,8 +221,7 @@ def compare(new: list[dict], baseline: list[dict], *, tolerance: float = 0.10, m
     reference = reference or {}
     new_ix, base_ix = _index(new, "the new run"), _index(baseline, "the baseline")
     every = list(base_ix.values()) + [r for k, r in new_ix.items() if k not in base_ix]
-    varying = [k for k in every[0]["spec"] if k not in IGNORED_SPEC
-               and len({str(r["spec"].get(k)) for r in every}) > 1]
+    varying = spec_varying(every)
     rows: list[Row] = []
     for key, old in base_ix.items():
         label = _label(old, varying)
