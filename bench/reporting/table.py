@@ -186,9 +186,9 @@ def _cell(record: dict | None, metric: str, ci: bool = False) -> Any:
     value = field(record, metric)
     if not is_number(value):
         return MISSING
-    scale = catalogue.metric(metric).scale
+    m = catalogue.metric(metric)
     half = _half_width(record, metric) if ci else None
-    return value * scale if half is None else Measured.of(value * scale, half * scale)
+    return m.shown(value) if half is None else Measured.of(m.shown(value), m.shown(half))
 
 
 def _format(value: Any, spec: str) -> str:
