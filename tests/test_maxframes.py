@@ -182,6 +182,17 @@ def test_cli_error_probe_exit_code(probes, capsys):
     assert stdout.count("\n") == 1 and "error" in stdout and "32 frames" in stdout
 
 
+@pytest.mark.parametrize("command", [["maxframes"], ["predict"]])
+def test_frames_limit_and_its_old_name(command):
+    from bench.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse([*command, "--arch", "hybrid", "--frames-limit", "64"]).frames_limit == 64
+    assert parse([*command, "--arch", "hybrid", "--limit", "32"]).frames_limit == 32  # deprecated name
+    assert parse([*command, "--arch", "hybrid"]).frames_limit == 1 << 20
+    assert "--limit" not in build_parser()._subparsers._group_actions[0].choices[command[0]].format_help()
+
+
 # --- real child-process probes ------------------------------------------------------------
 
 def test_real_search_tiny_hybrid():
