@@ -222,3 +222,10 @@ def test_reporting_runs_without_torch(tmp_path):
                                           ("bench.reporting.table", "reporting")])
 def test_rooms_by_longest_prefix(module, room):
     assert room_of(module)[1] == room
+
+
+def test_the_design_page_shows_this_contract():
+    """docs/design.md draws the same table."""
+    rows = [f"| {layer} | {room} | {' '.join(f'`{m}`' for m in modules.split())} |" for layer, room, modules in CONTRACT]
+    page = (REPO / "docs" / "design.md").read_text()
+    assert "\n".join(["| layer | room | modules |", "|---|---|---|", *rows]) in page
