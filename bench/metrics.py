@@ -113,12 +113,13 @@ def gated(kind: str) -> dict[str, bool | None]:
 
 
 def metric(key: str) -> Metric:
-    """The catalogue entry of ``key``; ``task.<name>`` metrics not listed are accuracies shown as ``.4g``.
+    """The catalogue entry of ``key``; ``task.<name>`` metrics not listed are task scores shown as ``.4g``.
     UserError naming the known metrics if it is neither."""
     if key in METRICS:
         return METRICS[key]
     if key.startswith(TASK_PREFIX) and len(key) > len(TASK_PREFIX):
-        return Metric(key, key[len(TASK_PREFIX):], fmt=".4g", higher=True, gate=ACCURACY)
+        name = key[len(TASK_PREFIX):]  # a divergence (KL) is better lower; every other task score higher
+        return Metric(key, name, fmt=".4g", higher="kl" not in name.lower(), gate=ACCURACY)
     known = ", ".join([*METRICS, "task.<name>"])
     raise UserError(f"unknown metric {key!r}; known metrics: {known}")
 

@@ -65,3 +65,8 @@ def test_latex_tabular_with_groups():
         "arch & a & b & c \\\\", "\\midrule", "x & 1 & 2 & 3 \\\\", "\\bottomrule", "\\end{tabular}"]
     assert "multicolumn" not in latex.tabular(["a", "b"], [], 1, [("", 1)])
     assert latex.escape("[a_b]") == "{}[a\\_b]" and latex.escape("—") == "---"
+
+
+def test_task_divergences_are_better_lower():
+    assert catalogue.metric("task.kl_first_token").higher is False
+    assert catalogue.metric("task.miou").higher is True

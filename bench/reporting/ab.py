@@ -35,12 +35,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import metrics as catalogue
 from bench.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MATRIX = REPO / "results" / "baselines" / "ab-gate.toml"
 # metric -> (higher is better, the CPU-time twin used on CPU cells when both sides have it)
-GATED = {"prefill_tok_s": (True, "prefill_cpu_tok_s"), "decode_tok_s": (True, "decode_cpu_tok_s")}
+# gated timing -> its per-CPU-second twin, used when both sides have it; the direction is the catalogue's
+GATED = {"prefill_tok_s": "prefill_cpu_tok_s", "decode_tok_s": "decode_cpu_tok_s"}
 
 
 @dataclass
@@ -170,7 +172,8 @@ def decide(pairs: list[tuple[list[dict], list[dict]]], tolerance: float, alpha: 
             verdict = "REGRESSION" if base.get("status") == "ok" else "info"
             out.append(Verdict(label, "status", base.get("status"), head.get("status"), None, None, None, verdict))
             continue
-        for metric, (higher, cpu_twin) in GATED.items():
+        for metric, cpu_twin in GATED.items():
+            higher = catalogue.METRICS[metric].higher
             use = cpu_twin if all(cpu_twin in r["metrics"] for r in (base, head)) else metric
             ratios, b_values, h_values = [], [], []
             for b_index, h_index in indexed:

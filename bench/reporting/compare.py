@@ -208,7 +208,7 @@ def task_rows(label: str, old: dict, new: dict, points: float) -> list[Row]:
         if not isinstance(cur, (int, float)):
             rows.append(Row(label, f"task {metric}", value, "missing", None, "REGRESSION"))
             continue
-        lower_better = "kl" in metric.lower()
+        lower_better = not catalogue.metric(f"task.{metric}").higher
         worse = cur > value + points if lower_better else cur < value - points
         better = cur < value - points if lower_better else cur > value + points
         rows.append(Row(label, f"task {metric} (±{points:g} pts)", value, cur, None,
