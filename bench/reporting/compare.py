@@ -41,7 +41,7 @@ from bench import metrics as catalogue
 from bench.errors import UserError
 from bench.metrics import WORK_COUNTERS, WORK_STAGES
 from bench.spec import spec_key
-from bench.reporting.values import varying
+from bench.reporting import values as record_values
 from bench.stats import ratio_ci
 
 # what each gate checks, and which direction is better, comes from the catalogue (bench.metrics)
@@ -132,8 +132,8 @@ class Row:
 
 def spec_varying(records: list[dict]) -> list[str]:
     """The spec keys (of the first record, warm-up and repeats aside) whose values differ between records."""
-    return varying(records, [k for k in records[0]["spec"] if k not in IGNORED_SPEC],
-                   lambda r, k: r["spec"].get(k))
+    keys = [k for k in records[0]["spec"] if k not in IGNORED_SPEC]
+    return record_values.varying(records, keys, lambda r, k: r["spec"].get(k))
 
 
 def _label(record: dict, varying: list[str]) -> str:

@@ -65,7 +65,8 @@ def axis_label(key: str) -> str:
 
 def figure_title(key: str) -> str:
     """A figure's title for a metric: its catalogue title, else its axis label."""
-    return catalogue.METRICS[key].title or axis_label(key) if key in catalogue.METRICS else axis_label(key)
+    known = catalogue.METRICS.get(key)
+    return (known.title if known else None) or axis_label(key)
 
 
 def varying_keys(records: list[dict], exclude: tuple[str, ...] = ()) -> list[str]:
