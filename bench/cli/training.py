@@ -19,7 +19,7 @@ def add_commands(sub) -> None:
     p.add_argument("--compressor", default="none", help="with --train transv: transv:schedule=...")
     p.add_argument("--seed", type=flags.seed, default=0, help="training stream and initialisation seed (default 0)")
     p.add_argument("--steps", type=flags.positive_int, default=150, help="optimizer steps (default 150)")
-    p.add_argument("--samples-per-step", dest="batch", type=flags.positive_int, default=16,
+    p.add_argument("--samples-per-step", dest="batch", metavar="N", type=flags.positive_int, default=16,
                    help="training samples per optimizer step (default 16)")
     # the old name: `run --batch` is videos per forward pass, not this
     p.add_argument("--batch", dest="batch", type=flags.positive_int, help=argparse.SUPPRESS)
