@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bench.errors import UserError
+from bench.spec import spec_key
 
 SCHEMA = 1
 STATUSES = ("ok", "oom", "error")
@@ -199,6 +200,3 @@ def finished_keys(path: str | os.PathLike) -> set[tuple]:
         return set()
     return {spec_key(r["spec"]) for r in iter_records(path) if r["status"] in ("ok", "oom")}
 
-
-def spec_key(spec: dict) -> tuple:
-    return tuple(sorted((k, v) for k, v in spec.items()))

@@ -49,12 +49,15 @@ class CellSpec:
 
     def key(self) -> tuple:
         """Identity of the cell, for --resume and for matching records."""
-        from bench.records import spec_key
-
         return spec_key(self.to_dict())
 
     def replace(self, **changes) -> "CellSpec":
         return make_spec({**asdict(self), **changes})
+
+
+def spec_key(spec: dict) -> tuple:
+    """The identity of a cell given as a dict (a record's ``spec``): its settings, sorted."""
+    return tuple(sorted((k, v) for k, v in spec.items()))
 
 
 FIELDS = {f.name: f for f in fields(CellSpec)}

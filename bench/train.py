@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from bench.errors import UserError
 
 MODES = ("model", "transv")
+FLAGS = {"batch": "--samples-per-step"}  # settings whose flag is not their name
 STATE, META, LOSS = "train_state.pt", "training.json", "loss.jsonl"
 
 
@@ -62,11 +63,11 @@ class TrainSettings:
     task: str = "vniah"
     seed: int = 0
     steps: int = 150
-    batch: int = 16
+    batch: int = 16  # samples per optimizer step (--samples-per-step); the name training.json keeps
     lr: float = 2e-3
     lengths: tuple[int, ...] = (4, 8, 16)
     warmup: int = 30
-    tokens_per_frame: int = 4
+    tokens_per_frame: int = 16
     save_every: int = 25
 
     def check(self) -> None:
@@ -77,7 +78,8 @@ class TrainSettings:
         for name in ("steps", "batch", "tokens_per_frame", "save_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+                raise UserError(f"{FLAGS.get(name, '--' + name.replace('_', '-'))} must be a positive integer, "
+                                f"got {value!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be a positive finite number, got {self.lr!r}")
         if not self.lengths or any(not isinstance(n, int) or n < 1 for n in self.lengths):

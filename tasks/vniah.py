@@ -198,7 +198,7 @@ class VNIAH(LetterTask):
     @classmethod
     def default_data(cls, seed: int) -> str:
         """The default evaluation set of ``seed``, generated once into the user's cache directory."""
-        from bench.measure.cost import cache_dir
+        from bench.cache import cache_dir
 
         config = Config(seed=seed)
         root = cache_dir() / "vniah" / f"seed-{seed}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.reporting.table import MIB
+from bench.metrics import MIB
 
 
 def make_record(arch="hybrid", frames=64, status="ok", compressor="none", prefill_chunk=2048, accuracy=None,

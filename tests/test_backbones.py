@@ -18,7 +18,8 @@ from architectures import ARCHITECTURES
 from architectures import attention as attention_mod
 from architectures.base import ATTENTION, MAMBA, MLP
 from architectures.hybrid import PAPER_LAYOUT, Hybrid, timeviper_layout
-from bench.engine.pipeline import decode_step, greedy_generate, prefill
+from bench.engine.generate import greedy_generate
+from bench.engine.pipeline import decode_step, prefill
 
 ARCHS = ["transformer", "mamba", "hybrid"]
 ATTN_ARCHS = ["transformer", "hybrid"]

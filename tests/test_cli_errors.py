@@ -188,7 +188,8 @@ def test_argparse_errors(capsys, argv, needle):
 
 @pytest.mark.parametrize("extra, needle", [
     (["--start", "0"], "--start"),
-    (["--start", "8", "--limit", "4"], "--limit"),
+    (["--start", "8", "--frames-limit", "4"], "--frames-limit"),
+    (["--start", "8", "--limit", "4"], "--frames-limit"),  # the deprecated name of --frames-limit
     (["--precision", "1.5"], "--precision"),
 ])
 def test_maxframes_bad_search_settings(capsys, extra, needle):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-import bench.measure.maxframes
+import bench.launch.process
 from bench.cli import main
-from bench.measure.maxframes import search, summary_line
+from bench.measure.maxframes import record_probe, search, summary_line
 from bench.records import iter_records, make_record
-from bench.spec import make_spec
+from bench.spec import CellSpec, make_spec
 
 TINY = dict(arch="hybrid", preset="tiny", prompt_tokens=4, new_tokens=2, warmup=0, repeats=1)
 
@@ -36,7 +36,7 @@ class FakeProbes:
 def probes(monkeypatch):
     def install(threshold, error_at=None):
         fake = FakeProbes(threshold, error_at)
-        monkeypatch.setattr(bench.measure.maxframes, "run_process", fake)
+        monkeypatch.setattr(bench.launch.process, "run_process", fake)
         return fake
 
     return install
@@ -44,6 +44,11 @@ def probes(monkeypatch):
 
 def spec(**extra):
     return make_spec({**TINY, "frames": 16, "prefill_chunk": 64, "memory_budget": "160MiB", **extra})
+
+
+def child_search(spec: CellSpec, **kwargs) -> dict:
+    """The search as ``maxframes`` runs it: each probe one cell in a child process (``run_process``)."""
+    return search(spec, probe=record_probe(lambda s: bench.launch.process.run_process(s)), env={}, **kwargs)
 
 
 def check_consistent(record: dict) -> None:
@@ -60,7 +65,7 @@ def check_consistent(record: dict) -> None:
 def test_exponential_then_binary(probes):
     fake = probes(threshold=100)
     seen = []
-    record = search(spec(), start=16, limit=1 << 20, precision=1 / 32, on_probe=seen.append)
+    record = child_search(spec(), start=16, limit=1 << 20, precision=1 / 32, on_probe=seen.append)
     assert fake.frames == [16, 32, 64, 128, 96, 112, 104, 100, 102]
     assert [p["frames"] for p in seen] == fake.frames
     m = record["metrics"]
@@ -83,7 +88,7 @@ def test_exponential_then_binary(probes):
 @pytest.mark.parametrize("precision", [0.0, 0.25, 1 / 32])
 def test_precision_respected(probes, threshold, precision):
     fake = probes(threshold=threshold)
-    m = search(spec(), start=4, limit=1 << 20, precision=precision)["metrics"]
+    m = child_search(spec(), start=4, limit=1 << 20, precision=precision)["metrics"]
     lo, hi = m["max_frames"], m["first_oom_frames"]
     assert lo <= threshold < hi
     assert hi - lo <= max(1, int(lo * precision))
@@ -94,23 +99,23 @@ def test_precision_respected(probes, threshold, precision):
 
 def test_coarser_precision_needs_fewer_probes(probes):
     fine = probes(threshold=1000)
-    search(spec(), start=16, precision=0.0)
+    child_search(spec(), start=16, precision=0.0)
     coarse = probes(threshold=1000)
-    search(spec(), start=16, precision=0.25)
+    child_search(spec(), start=16, precision=0.25)
     assert len(coarse.frames) < len(fine.frames)
 
 
 def test_predict_first_probes_half_the_estimate_calibrates_then_confirms(probes):
     """--predict-first: a real probe at half the (wrong) estimate recalibrates it; two probes confirm."""
     fake = probes(threshold=1000)
-    m = search(spec(), estimate=1300, calibrate=lambda probe: 1000)["metrics"]
+    m = child_search(spec(), estimate=1300, calibrate=lambda probe: 1000)["metrics"]
     assert fake.frames == [650, 1000, 1031]
     assert (m["max_frames"], m["first_oom_frames"]) == (1000, 1031)
 
 
 def test_limit_reached_without_oom(probes):
     fake = probes(threshold=10**9)
-    record = search(spec(), start=16, limit=64)
+    record = child_search(spec(), start=16, limit=64)
     assert fake.frames == [16, 32, 64]
     m = record["metrics"]
     assert record["status"] == "ok"
@@ -120,14 +125,14 @@ def test_limit_reached_without_oom(probes):
 
 def test_first_probe_oom_searches_down(probes):
     fake = probes(threshold=10)
-    m = search(spec(), start=16, precision=0.0)["metrics"]
+    m = child_search(spec(), start=16, precision=0.0)["metrics"]
     assert fake.frames == [16, 8, 12, 10, 11]
     assert (m["max_frames"], m["first_oom_frames"]) == (10, 11)
 
 
 def test_nothing_fits(probes):
     probes(threshold=0)
-    record = search(spec(), start=4, precision=0.0)
+    record = child_search(spec(), start=4, precision=0.0)
     m = record["metrics"]
     assert (m["max_frames"], m["first_oom_frames"]) == (0, 1)
     assert m["peak_mem_bytes"] is None
@@ -136,7 +141,7 @@ def test_nothing_fits(probes):
 
 def test_error_probe_stops_exponential_phase(probes):
     fake = probes(threshold=100, error_at=64)
-    record = search(spec(), start=16)
+    record = child_search(spec(), start=16)
     assert fake.frames == [16, 32, 64]
     assert record["status"] == "error"
     assert "64 frames" in record["error"] and "boom" in record["error"]
@@ -146,7 +151,7 @@ def test_error_probe_stops_exponential_phase(probes):
 
 def test_error_probe_stops_binary_phase(probes):
     fake = probes(threshold=100, error_at=96)
-    record = search(spec(), start=16)
+    record = child_search(spec(), start=16)
     assert fake.frames == [16, 32, 64, 128, 96]
     assert record["status"] == "error"
     assert "96 frames" in record["error"]
@@ -177,10 +182,21 @@ def test_cli_error_probe_exit_code(probes, capsys):
     assert stdout.count("\n") == 1 and "error" in stdout and "32 frames" in stdout
 
 
+@pytest.mark.parametrize("command", [["maxframes"], ["predict"]])
+def test_frames_limit_and_its_old_name(command):
+    from bench.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse([*command, "--arch", "hybrid", "--frames-limit", "64"]).frames_limit == 64
+    assert parse([*command, "--arch", "hybrid", "--limit", "32"]).frames_limit == 32  # deprecated name
+    assert parse([*command, "--arch", "hybrid"]).frames_limit == 1 << 20
+    assert "--limit" not in build_parser()._subparsers._group_actions[0].choices[command[0]].format_help()
+
+
 # --- real child-process probes ------------------------------------------------------------
 
 def test_real_search_tiny_hybrid():
-    record = search(spec(), start=1, limit=2, precision=0.25)
+    record = child_search(spec(), start=1, limit=2, precision=0.25)
     m = record["metrics"]
     assert record["kind"] == "maxframes"
     assert record["status"] == "ok", record["error"]
@@ -198,7 +214,7 @@ def test_real_search_tiny_hybrid():
 
 
 def test_real_probe_over_budget_is_oom():
-    record = search(spec(memory_budget="1MiB"), start=1, limit=1, precision=0.25)
+    record = child_search(spec(memory_budget="1MiB"), start=1, limit=1, precision=0.25)
     m = record["metrics"]
     assert record["status"] == "ok", record["error"]
     assert [p["status"] for p in m["probes"]] == ["oom"]

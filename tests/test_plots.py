@@ -22,7 +22,7 @@ from bench.reporting.plots import (
     series_points,
     xy_figure,
 )
-from bench.reporting.table import MIB
+from bench.metrics import MIB
 from fake_records import make_record, make_search
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -211,3 +211,41 @@ def test_format_bytes():
     assert format_bytes(8 * 1024**3) == "8 GiB"
     assert format_bytes(1.5 * 1024**3) == "1.5 GiB"
     assert format_bytes(12) == "12 B"
+
+
+# --- every metric in its catalogue unit (bench.metrics) ----------------------------------------
+
+def _cost_records():
+    """Two cells whose cost, prediction and utilisation metrics are round numbers in their shown units."""
+    records = []
+    for frames in (64, 128):
+        r = make_record("hybrid", frames, predicted_peak_mem_bytes=frames * MIB)
+        r["metrics"]["cost"] = {"kv_cache_bytes": 2 * frames * MIB, "prefill_flops": frames * 1e9,
+                                "utilisation": {"prefill_flops_util": frames / 1000}}
+        records.append(r)
+    return records
+
+
+@pytest.mark.parametrize("metric, label, per_frame", [
+    ("cost.kv_cache_bytes", "KV cache (MiB)", 2.0),  # bytes shown in MiB
+    ("predicted_peak_mem_bytes", "predicted peak mem (MiB)", 1.0),
+    ("cost.prefill_flops", "prefill (GFLOP)", 1.0),  # FLOPs shown in GFLOP
+    ("cost.prefill_flops_util", "prefill FLOP/s of peak (%)", 0.1),  # a fraction shown in %
+    ("peak_mem_bytes", "peak mem (MiB)", None),
+])
+def test_plotted_values_are_in_the_unit_of_the_axis_label(metric, label, per_frame):
+    records = _cost_records()
+    fig = xy_figure(records, "frames", metric)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == label
+    (line,) = [ln for ln in ax.lines if len(ln.get_xdata()) == 2]
+    expected = [(50 + f // 8) for f in (64, 128)] if per_frame is None else [per_frame * f for f in (64, 128)]
+    assert list(line.get_xdata()) == [64.0, 128.0]
+    assert list(line.get_ydata()) == pytest.approx(expected)
+    assert series_points(records, "frames", metric)[""] == [(64.0, pytest.approx(expected[0])),
+                                                           (128.0, pytest.approx(expected[1]))]
+
+
+def test_memory_on_the_x_axis_is_in_mib_too():
+    points = pareto_points(_cost_records(), "peak_mem_bytes", "cost.kv_cache_bytes")
+    assert sorted((x, y) for x, y, _ in points) == [(58.0, 128.0), (66.0, 256.0)]

@@ -10,7 +10,7 @@ import pytest
 
 from bench.errors import UserError
 from bench.reporting.report import split_records, table_layout, table_metrics, write_report
-from bench.reporting.table import MIB
+from bench.metrics import MIB
 from fake_records import make_record, make_search
 
 LINK = re.compile(r"\]\(([^)\s]+)\)")

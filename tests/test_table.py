@@ -10,7 +10,8 @@ import re
 import pytest
 
 from bench.errors import UserError
-from bench.reporting.table import METRICS, field, load_records, pivot, render
+from bench.metrics import METRICS
+from bench.reporting.table import field, load_records, pivot, render
 
 
 def make_record(arch="hybrid", frames=64, status="ok", compressor="none", **metrics):
@@ -240,10 +241,10 @@ def test_unknown_format_and_no_records(records):
 
 
 def test_metrics_table_entries():
-    assert METRICS["prefill_tok_s"][0] == "prefill (tok/s)" and METRICS["prefill_tok_s"][2] is True
-    assert METRICS["prefill_s"][2] is False
-    assert METRICS["peak_mem_bytes"][0] == "peak mem (MiB)"
-    assert METRICS["compression_ratio"][2] is None
+    assert METRICS["prefill_tok_s"].label == "prefill (tok/s)" and METRICS["prefill_tok_s"].higher is True
+    assert METRICS["prefill_s"].higher is False
+    assert METRICS["peak_mem_bytes"].label == "peak mem (MiB)"
+    assert METRICS["compression_ratio"].higher is None
 
 
 def test_latex_guards_leading_bracket():

@@ -123,6 +123,24 @@ def test_bad_input(trained, tmp_path, capsys):
         train(other, progress=False)
 
 
+def test_samples_per_step_names_what_train_batches_and_the_defaults_match_run():
+    """train's --samples-per-step (old name --batch, still accepted) is samples per optimizer step, unlike
+    run's --batch (videos per forward pass); --tokens-per-frame defaults as in run and eval."""
+    from bench.cli import build_parser
+    from bench.spec import CellSpec
+
+    parse = build_parser().parse_args
+    base = ["train", "--arch", "transformer", "--output", "o"]
+    assert parse([*base, "--samples-per-step", "3"]).batch == 3
+    assert parse([*base, "--batch", "5"]).batch == 5
+    args = parse(base)
+    assert args.batch == TrainSettings(arch="transformer", output="o").batch == 16
+    assert args.tokens_per_frame == TrainSettings(arch="transformer", output="o").tokens_per_frame \
+        == CellSpec(arch="transformer").tokens_per_frame
+    with pytest.raises(UserError, match="--samples-per-step must be a positive integer"):
+        TrainSettings(arch="transformer", output="o", batch=0).check()
+
+
 # --- a kill at every point of a checkpoint save ----------------------------------------------
 
 class Killed(BaseException):
@@ -264,7 +282,7 @@ def test_a_training_run_sigkilled_during_a_save_resumes(tmp_path):
     out = tmp_path / "run"
     partial = tmp_path / "run.partial"
     repo = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "bench.cli", "train", "--arch", "transformer", "--steps", "20", "--batch", "1",
+    cmd = [sys.executable, "-m", "bench.cli", "train", "--arch", "transformer", "--steps", "20", "--samples-per-step", "1",
            "--lengths", "4", "--tokens-per-frame", "4", "--save-every", "1", "--output", str(out), "--no-progress"]
     # one thread, as this process computes (tests/conftest.py), so the curves can be equal to the last bit
     child = subprocess.Popen(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"},

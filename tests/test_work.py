@@ -10,7 +10,8 @@ import torch
 import bench.engine.generate
 from bench.cli import main
 from bench.reporting.compare import compare, render_rows
-from bench.measure.work import WorkCounter, moved_ops
+from bench.measure.work import WorkCounter
+from bench.reporting.compare import moved_ops
 
 CELL = ["--preset", "tiny", "--frames", "2", "--prompt-tokens", "4", "--new-tokens", "3", "--warmup", "0",
         "--repeats", "1"]

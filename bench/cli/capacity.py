@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -14,7 +15,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("maxframes", help="largest frame count that fits (child process per probe)")
     add_cell_flags(p, lists=False)
     p.add_argument("--start", type=flags.positive_int, default=16, help="first probe (default 16 frames)")
-    p.add_argument("--limit", type=flags.positive_int, default=1 << 20, help="stop doubling here (default 1048576)")
+    add_frames_limit(p, "stop doubling here (default 1048576)")
     p.add_argument("--precision", type=flags.fraction, default=1 / 32,
                    help="stop when the gap is within this fraction of the fitting count (default 1/32)")
     p.add_argument("--output", help="append the record to this JSONL file")
@@ -36,8 +37,7 @@ def add_commands(sub) -> None:
     p.add_argument("--mamba-kernels", default="mamba-ssm",
                    help="mamba-ssm (as a GPU with mamba-ssm runs) | torch (transformers' reference code)")
     p.add_argument("--no-max-frames", action="store_true", help="skip the predicted max-frames search")
-    p.add_argument("--limit", type=flags.positive_int, default=1 << 20,
-                   help="largest frame count the search considers")
+    add_frames_limit(p, "largest frame count the search considers (default 1048576)")
     p.add_argument("--precision", type=flags.fraction, default=1 / 32,
                    help="max-frames search precision (default 1/32)")
     p.add_argument("--serve-batch", type=flags.positive_int,
@@ -47,35 +47,45 @@ def add_commands(sub) -> None:
     p.set_defaults(handler=cmd_predict)
 
 
-def cmd_maxframes(args) -> int:
-    from bench.measure.maxframes import search, summary_line
-    from bench.records import append_record, check_writable
-    from bench.spec import make_spec
+def add_frames_limit(p, help: str) -> None:
+    """``--frames-limit``: the largest frame count a max-frames search probes. ``--limit`` is its old name,
+    still accepted (hidden from --help): ``eval --limit`` counts documents, not frames."""
+    p.add_argument("--frames-limit", type=flags.positive_int, default=1 << 20, help=help)
+    p.add_argument("--limit", dest="frames_limit", type=flags.positive_int, help=argparse.SUPPRESS)
 
-    if args.limit < args.start:
-        raise UserError(f"--limit {args.limit} must be at least --start {args.start}")
+
+def cmd_maxframes(args) -> int:
+    from bench.launch.process import run_process
+    from bench.measure.maxframes import record_probe, search, summary_line
+    from bench.records import append_record, check_writable, environment
+    from bench.spec import check_runnable, make_spec
+
+    if args.frames_limit < args.start:
+        raise UserError(f"--frames-limit {args.frames_limit} must be at least --start {args.start}")
     spec = make_spec({"frames": args.start, **cell_values(args)}, CELL_LABELS)
     if args.output:
         check_writable(args.output)
+    check_runnable(spec)  # a CUDA cell needs CUDA before anything is predicted or probed for it
 
     def show(probe):
         peak = f"{probe['peak_mem_bytes'] / 2**20:.0f} MiB" if probe["peak_mem_bytes"] else "-"
         print(f"  probe {probe['frames']:>8} frames: {probe['status']:<5} peak {peak}", file=sys.stderr)
 
+    probe = record_probe(run_process)  # each probe in a fresh child process: an OOM cannot poison the next
+    env = environment(spec.device)
     if args.predict_first:
         from bench.predict.capacity import estimate_for_search
-        from bench.spec import check_runnable
 
-        check_runnable(spec)  # a CUDA cell needs CUDA before anything is predicted for it
-        estimate, predicted, predictor = estimate_for_search(spec, limit=args.limit)
+        estimate, predicted, predictor = estimate_for_search(spec, limit=args.frames_limit)
         print(f"  predicted max frames about {estimate} ({predicted['predictions']} predictions, "
               f"{predicted['predict_s']:.1f} s); one real probe at half of it calibrates the prediction, "
               "then a few confirm", file=sys.stderr)
-        record = search(spec, limit=args.limit, precision=args.precision, on_probe=show, estimate=estimate,
-                        calibrate=predictor.calibrate)
+        record = search(spec, probe=probe, env=env, limit=args.frames_limit, precision=args.precision,
+                        on_probe=show, estimate=estimate, calibrate=predictor.calibrate)
         record["metrics"]["predicted_first"] = predicted
     else:
-        record = search(spec, start=args.start, limit=args.limit, precision=args.precision, on_probe=show)
+        record = search(spec, probe=probe, env=env, start=args.start, limit=args.frames_limit,
+                        precision=args.precision, on_probe=show)
     if args.output:
         append_record(args.output, record)
     print(summary_line(record))
@@ -99,7 +109,7 @@ def cmd_predict(args) -> int:
     record = predict(spec, gpu, target=target, mamba=args.mamba_kernels,
                      context_margin=args.context_margin,
                      allocator_margin=args.allocator_margin, max_frames=not args.no_max_frames,
-                     limit=args.limit, precision=args.precision, serve_batch=args.serve_batch)
+                     limit=args.frames_limit, precision=args.precision, serve_batch=args.serve_batch)
     if args.output:
         append_record(args.output, record)
     print(json.dumps(record, default=str) if args.json else summary(record))

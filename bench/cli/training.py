@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from bench import flags
@@ -18,12 +19,15 @@ def add_commands(sub) -> None:
     p.add_argument("--compressor", default="none", help="with --train transv: transv:schedule=...")
     p.add_argument("--seed", type=flags.seed, default=0, help="training stream and initialisation seed (default 0)")
     p.add_argument("--steps", type=flags.positive_int, default=150, help="optimizer steps (default 150)")
-    p.add_argument("--batch", type=flags.positive_int, default=16, help="samples per step (default 16)")
+    p.add_argument("--samples-per-step", dest="batch", metavar="N", type=flags.positive_int, default=16,
+                   help="training samples per optimizer step (default 16)")
+    # the old name: `run --batch` is videos per forward pass, not this
+    p.add_argument("--batch", dest="batch", type=flags.positive_int, help=argparse.SUPPRESS)
     p.add_argument("--lr", type=flags.positive_float, default=2e-3, help="AdamW learning rate (default 2e-3)")
     p.add_argument("--lengths", type=flags.positive_int_list, default="4,8,16",
                    help="haystack lengths in frames (comma list; default 4,8,16)")
-    p.add_argument("--tokens-per-frame", type=flags.positive_int, default=4,
-                   help="vision tokens per frame after ToMe (default 4)")
+    p.add_argument("--tokens-per-frame", type=flags.positive_int, default=16,
+                   help="vision tokens per frame after ToMe, as in run and eval (default 16)")
     p.add_argument("--save-every", type=flags.positive_int, default=25,
                    help="write the checkpoint every N steps (default 25)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -98,3 +98,8 @@ def generate(backbone, embeds: torch.Tensor | None = None, *, max_new_tokens: in
             token = step(backbone, token, seq).argmax(-1, keepdim=True)
     tokens = torch.cat(out, dim=1) if out else logits.new_empty(logits.shape[0], 0, dtype=torch.long)
     return Generation(tokens, logits.float(), kept)
+
+
+def greedy_generate(backbone, embeds: torch.Tensor, new_tokens: int, **prefill_kwargs) -> torch.Tensor:
+    """Greedy decoding through the harness: ``new_tokens`` ids per sequence, [batch, new_tokens]."""
+    return generate(backbone, embeds, max_new_tokens=new_tokens, **prefill_kwargs).tokens

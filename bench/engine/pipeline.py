@@ -148,9 +148,3 @@ def decode_step(backbone: Backbone, token_ids: torch.Tensor, seq: Sequence) -> t
     seq.length += 1
     return backbone.logits(hidden)[:, -1]
 
-
-def greedy_generate(backbone: Backbone, embeds: torch.Tensor, new_tokens: int, **prefill_kwargs) -> torch.Tensor:
-    """Greedy decoding through the harness: ``new_tokens`` ids per sequence, [batch, new_tokens]."""
-    from bench.engine.generate import generate
-
-    return generate(backbone, embeds, max_new_tokens=new_tokens, **prefill_kwargs).tokens

@@ -21,14 +21,13 @@ Compressors' own FLOPs (scoring, TransV's cross-attention) are not counted.
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from architectures.base import ATTENTION, MAMBA
+from bench.cache import cache_dir
 
 # --- cache bytes --------------------------------------------------------------------------
 
@@ -180,13 +179,6 @@ def weights_read_per_step(backbone, dtype_bytes: int) -> int:
 
 
 # --- device peaks -------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """viperbench's cache: $VIPERBENCH_CACHE_DIR, else $XDG_CACHE_HOME/viperbench, else ~/.cache/viperbench."""
-    base = os.environ.get("VIPERBENCH_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "viperbench")
-    return Path(base)
 
 
 def _probe(device: str, dtype: torch.dtype) -> dict:

@@ -22,6 +22,7 @@ import torch
 from architectures import ARCHITECTURES
 from bench.measure.cost import cache_bytes, record_cost
 from bench.errors import UserError
+from bench.metrics import PER_REPEAT
 from bench.measure.meters import MemoryMeter, StageTimer, release_free_memory
 from bench.engine.generate import generate
 from bench.records import environment, make_record
@@ -31,8 +32,7 @@ from bench.measure.work import WorkCounter, summarise_work
 from compressors.base import make_compressor
 from tasks import TASKS
 
-SUMMARISED = ("prefill_s", "prefill_tok_s", "ttft_s", "decode_s", "decode_tok_s", "e2e_tok_s",
-              "prefill_cpu_s", "prefill_cpu_tok_s", "decode_cpu_s", "decode_cpu_tok_s")
+SUMMARISED = PER_REPEAT  # the timings of every repeat (bench.metrics): median, spread and interval
 
 
 class OverBudget(Exception):

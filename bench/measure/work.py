@@ -148,12 +148,3 @@ def _transformers_version() -> str:
 
     return transformers.__version__
 
-
-def moved_ops(old: dict, new: dict, limit: int = 6) -> str:
-    """The operators whose counts moved, largest change first: ``aten::mm +9, aten::copy_ +1``."""
-    keys = set(old) | set(new)
-    deltas = [(k, new.get(k, 0) - old.get(k, 0)) for k in keys]
-    deltas = [(k, d) for k, d in deltas if abs(d) > 1e-9]
-    deltas.sort(key=lambda kd: (-abs(kd[1]), kd[0]))
-    text = ", ".join(f"{k} {d:+g}" for k, d in deltas[:limit])
-    return text + (f", ... ({len(deltas) - limit} more)" if len(deltas) > limit else "")

@@ -35,12 +35,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import metrics as catalogue
 from bench.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MATRIX = REPO / "results" / "baselines" / "ab-gate.toml"
 # metric -> (higher is better, the CPU-time twin used on CPU cells when both sides have it)
-GATED = {"prefill_tok_s": (True, "prefill_cpu_tok_s"), "decode_tok_s": (True, "decode_cpu_tok_s")}
+# gated timing -> its per-CPU-second twin, used when both sides have it; the direction is the catalogue's
+GATED = {"prefill_tok_s": "prefill_cpu_tok_s", "decode_tok_s": "decode_cpu_tok_s"}
 
 
 @dataclass
@@ -150,7 +152,7 @@ def decide(pairs: list[tuple[list[dict], list[dict]]], tolerance: float, alpha: 
     """The gate's verdicts from (base records, head records) of every pair."""
     import statistics
 
-    from bench.reporting.compare import _label, work_rows
+    from bench.reporting.compare import _label, spec_varying, work_rows
     from bench.stats import paired_ratio_ci
 
     indexed = [({_key(r): r for r in b_run}, {_key(r): r for r in h_run}) for b_run, h_run in pairs]
@@ -159,8 +161,7 @@ def decide(pairs: list[tuple[list[dict], list[dict]]], tolerance: float, alpha: 
         only = sorted(str(k) for k in set(base0) ^ set(head0))[:2]
         raise UserError(f"the two sides ran different cells (e.g. {', '.join(only)}): mismatched matrices")
     every = list(base0.values())
-    varying = [k for k in every[0]["spec"] if k not in ("warmup", "repeats")
-               and len({str(r["spec"].get(k)) for r in every}) > 1]
+    varying = spec_varying(every)
     series: dict[tuple, list[float]] = {}
     values: dict[tuple, tuple[list[float], list[float]]] = {}
     out: list[Verdict] = []
@@ -171,7 +172,8 @@ def decide(pairs: list[tuple[list[dict], list[dict]]], tolerance: float, alpha: 
             verdict = "REGRESSION" if base.get("status") == "ok" else "info"
             out.append(Verdict(label, "status", base.get("status"), head.get("status"), None, None, None, verdict))
             continue
-        for metric, (higher, cpu_twin) in GATED.items():
+        for metric, cpu_twin in GATED.items():
+            higher = catalogue.METRICS[metric].higher
             use = cpu_twin if all(cpu_twin in r["metrics"] for r in (base, head)) else metric
             ratios, b_values, h_values = [], [], []
             for b_index, h_index in indexed:

@@ -37,19 +37,19 @@ from dataclasses import dataclass
 
 from tabulate import tabulate
 
+from bench import metrics as catalogue
 from bench.errors import UserError
-from bench.records import spec_key
+from bench.metrics import WORK_COUNTERS, WORK_STAGES
+from bench.spec import spec_key
+from bench.reporting import values as record_values
 from bench.stats import ratio_ci
-from bench.measure.work import moved_ops
 
-COUNTS = ("input_tokens", "vision_tokens", "tokens_after_compression")
-MEMORY = {"peak_mem_bytes": False, "max_frames": True}  # metric -> higher is better
-TIMING = {"prefill_tok_s": True, "decode_tok_s": True, "e2e_tok_s": True, "prefill_s": False, "ttft_s": False,
-          "prefill_cpu_tok_s": True, "decode_cpu_tok_s": True}
+# what each gate checks, and which direction is better, comes from the catalogue (bench.metrics)
+COUNTS = tuple(catalogue.gated(catalogue.COUNT))  # exactly equal
+MEMORY = catalogue.gated(catalogue.MEMORY)  # metric -> higher is better
+TIMING = catalogue.gated(catalogue.TIMING)
 IGNORED_SPEC = ("warmup", "repeats")
 TASK_COUNTS = ("n", "n_total", "chance")
-WORK_STAGES = ("vision", "prefill", "decode_per_token")
-WORK_COUNTERS = ("ops", "alloc_bytes", "host_syncs", "kernels")
 
 
 def parse_reference(text: str | None) -> dict[str, str]:
@@ -130,6 +130,12 @@ class Row:
     ci: tuple[float, float] | None = None  # 95% interval of the ratio (timings)
 
 
+def spec_varying(records: list[dict]) -> list[str]:
+    """The spec keys (of the first record, warm-up and repeats aside) whose values differ between records."""
+    keys = [k for k in records[0]["spec"] if k not in IGNORED_SPEC]
+    return record_values.varying(records, keys, lambda r, k: r["spec"].get(k))
+
+
 def _label(record: dict, varying: list[str]) -> str:
     return " ".join(f"{k}={record['spec'].get(k)}" for k in varying) or record["spec"].get("arch", "?")
 
@@ -176,6 +182,16 @@ def work_rows(label: str, old: dict, new: dict) -> list[Row]:
     return rows
 
 
+def moved_ops(old: dict, new: dict, limit: int = 6) -> str:
+    """The operators whose counts moved, largest change first: ``aten::mm +9, aten::copy_ +1``."""
+    keys = set(old) | set(new)
+    deltas = [(k, new.get(k, 0) - old.get(k, 0)) for k in keys]
+    deltas = [(k, d) for k, d in deltas if abs(d) > 1e-9]
+    deltas.sort(key=lambda kd: (-abs(kd[1]), kd[0]))
+    text = ", ".join(f"{k} {d:+g}" for k, d in deltas[:limit])
+    return text + (f", ... ({len(deltas) - limit} more)" if len(deltas) > limit else "")
+
+
 def _exact(value):
     """A count as printed in full: per-token counts are whole numbers when every step does the same work."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
@@ -192,7 +208,7 @@ def task_rows(label: str, old: dict, new: dict, points: float) -> list[Row]:
         if not isinstance(cur, (int, float)):
             rows.append(Row(label, f"task {metric}", value, "missing", None, "REGRESSION"))
             continue
-        lower_better = "kl" in metric.lower()
+        lower_better = not catalogue.metric(f"task.{metric}").higher
         worse = cur > value + points if lower_better else cur < value - points
         better = cur < value - points if lower_better else cur > value + points
         rows.append(Row(label, f"task {metric} (±{points:g} pts)", value, cur, None,
@@ -205,8 +221,7 @@ def compare(new: list[dict], baseline: list[dict], *, tolerance: float = 0.10, m
     reference = reference or {}
     new_ix, base_ix = _index(new, "the new run"), _index(baseline, "the baseline")
     every = list(base_ix.values()) + [r for k, r in new_ix.items() if k not in base_ix]
-    varying = [k for k in every[0]["spec"] if k not in IGNORED_SPEC
-               and len({str(r["spec"].get(k)) for r in every}) > 1]
+    varying = spec_varying(every)
     rows: list[Row] = []
     for key, old in base_ix.items():
         label = _label(old, varying)

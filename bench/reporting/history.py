@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.reporting.compare import TIMING
+from bench import metrics as catalogue
 from bench.errors import UserError
 
 SCHEMA = """
@@ -41,9 +41,10 @@ CREATE TABLE IF NOT EXISTS points (
 CREATE INDEX IF NOT EXISTS points_series ON points(cell, metric);
 """
 TABLES = {"runs", "points"}
-OTHER = {"peak_mem_bytes": False, "work.prefill.ops": False, "work.decode_per_token.ops": False,
-         "work.prefill.alloc_bytes": False, "work.decode_per_token.alloc_bytes": False}
-HIGHER = {**TIMING, **OTHER}  # metric -> higher is better
+# the metrics a history tracks: the gated timings, the peak, and the work of prefill and of a decode step
+TRACKED = (*catalogue.gated(catalogue.TIMING), "peak_mem_bytes", "work.prefill.ops", "work.decode_per_token.ops",
+           "work.prefill.alloc_bytes", "work.decode_per_token.alloc_bytes")
+HIGHER = {m: catalogue.METRICS[m].higher for m in TRACKED}  # metric -> higher is better
 
 def default_store() -> Path:
     if os.environ.get("VIPERBENCH_HISTORY"):

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from bench.errors import UserError
-from bench.reporting.table import MIB, _latex_escape, field, metric_info
+from bench import metrics as catalogue
+from bench.reporting import latex
+from bench.reporting.values import best as _best, field, is_number, varying
 
 TASK_HEADLINE = {"videomme": ("accuracy", "Video-MME acc (%)"), "vdc": ("accuracy", "VDC acc (%)"),
                  "charades": ("miou", "Charades mIoU")}
@@ -39,9 +41,7 @@ class Column:
 
 def _value(metric: str, record: dict):
     value = field(record, metric)
-    if metric == "peak_mem_bytes" and isinstance(value, (int, float)):
-        return value / MIB
-    return value
+    return catalogue.shown(metric, value) if is_number(value) else value
 
 
 def _row_label(record: dict, keys: list[str]) -> tuple:
@@ -49,8 +49,7 @@ def _row_label(record: dict, keys: list[str]) -> tuple:
 
 
 def _varying(records: list[dict], keys: list[str]) -> list[str]:
-    out = [k for k in keys if len({str(field(r, k)) for r in records}) > 1]
-    return out or keys[:1]
+    return varying(records, keys) or keys[:1]
 
 
 def efficiency(records: list[dict]):
@@ -60,7 +59,7 @@ def efficiency(records: list[dict]):
     keys = _varying(cells, ["arch", "preset", "compressor", *SETTINGS])
     frames = sorted({r["spec"]["frames"] for r in cells})
     metrics = ["prefill_tok_s", "decode_tok_s", "peak_mem_bytes"]
-    columns = [Column(f"{f} frames", metric_info(m)[0], metric_info(m)[2], metric_info(m)[1])
+    columns = [Column(f"{f} frames", catalogue.metric(m).label, catalogue.metric(m).higher, catalogue.metric(m).fmt)
                for f in frames for m in metrics]
     grid: dict[tuple, list] = {}
     for r in cells:
@@ -79,7 +78,7 @@ def table1(records: list[dict]):
         raise UserError("table1 needs task records (videomme, vdc, charades) or max-frames records")
     frames_records = [r for r in records if r.get("kind") == "maxframes"]
     keys = _varying(records, ["arch", "compressor"]) + [
-        k for k in ("preset", *SETTINGS) if len({str(field(r, k)) for r in frames_records}) > 1]
+        k for k in varying(frames_records, ("preset", *SETTINGS))]
     columns = [Column("", TASK_HEADLINE[t][1], True, ".1f") for t in tasks]
     if has_frames:
         columns.append(Column("", "max frames", True, "d"))
@@ -125,13 +124,6 @@ def render(records: list[dict], preset: str, fmt: str = "github", reference: dic
     return tabulate(body, header, tablefmt="github", disable_numparse=True)
 
 
-def _best(values: list, higher: bool | None):
-    numbers = [v for v in values if isinstance(v, (int, float))]
-    if higher is None or not numbers:
-        return None
-    return max(numbers) if higher else min(numbers)
-
-
 def _cell(value, col: Column, best, ref, fmt: str) -> str:
     if not isinstance(value, (int, float)):
         return {"OOM": "OOM", None: "—" if fmt == "github" else "---"}.get(value, str(value))
@@ -145,24 +137,12 @@ def _cell(value, col: Column, best, ref, fmt: str) -> str:
 
 
 def _latex(keys: list[str], columns: list[Column], body: list[list[str]]) -> str:
-    n_keys = len(keys)
-    lines = [f"\\begin{{tabular}}{{{'l' * n_keys}{'r' * len(columns)}}}", "\\toprule"]
     groups: list[tuple[str, int]] = []
     for c in columns:
         if groups and groups[-1][0] == c.group:
             groups[-1] = (c.group, groups[-1][1] + 1)
         else:
             groups.append((c.group, 1))
-    if any(g for g, _ in groups):
-        top, rules, start = [""] * n_keys, [], n_keys + 1
-        for group, width in groups:
-            top.append(f"\\multicolumn{{{width}}}{{c}}{{{_latex_escape(group)}}}")
-            rules.append(f"\\cmidrule(lr){{{start}-{start + width - 1}}}")
-            start += width
-        lines += [" & ".join(top) + " \\\\", " ".join(rules)]
-    lines.append(" & ".join([_latex_escape(k) for k in keys] + [_latex_escape(c.label) for c in columns]) + " \\\\")
-    lines.append("\\midrule")
-    for row in body:
-        lines.append(" & ".join([_latex_escape(x) for x in row[:n_keys]] + row[n_keys:]) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    return "\n".join(lines)
+    header = [latex.escape(k) for k in keys] + [latex.escape(c.label) for c in columns]
+    rows = [[latex.escape(x) for x in row[:len(keys)]] + row[len(keys):] for row in body]
+    return latex.tabular(header, rows, len(keys), groups)

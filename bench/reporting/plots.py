@@ -25,7 +25,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from bench.errors import UserError
-from bench.reporting.table import MIB, METRICS, field, metric_info
+from bench import metrics as catalogue
+from bench.reporting.values import field, hashable, is_number, varying
 
 DPI = 150
 SUFFIXES = (".png", ".pdf")
@@ -39,17 +40,6 @@ IGNORED_KEYS = ("frames", "seed", "warmup", "repeats")
 # spec values shown bare in labels; other keys are shown as key=value
 BARE_KEYS = ("arch", "preset", "checkpoint", "compressor", "vision", "dtype", "device")
 
-TITLES = {
-    "prefill_tok_s": "Prefill throughput",
-    "decode_tok_s": "Decode throughput",
-    "e2e_tok_s": "End-to-end throughput",
-    "prefill_s": "Prefill time",
-    "ttft_s": "Time to first token",
-    "peak_mem_bytes": "Peak memory",
-    "max_frames": "Max frames",
-    "task.accuracy": "Accuracy",
-}
-
 OOM_COLOR = "#444444"
 SEPARATOR = " · "
 LONG_LABEL = 30  # legends with a longer label go under the axes instead of beside them
@@ -59,17 +49,24 @@ LONG_LABEL = 30  # legends with a longer label go under the axes instead of besi
 
 
 def display_value(metric: str, value: Any) -> float | None:
-    """A metric value in the units figures and tables show (peak memory in MiB); None if not a number."""
-    if not _is_number(value):
+    """A metric value in the unit figures and tables show it in (``bench.metrics``: bytes in MiB, FLOPs in
+    GFLOP, utilisation in %); None if not a number."""
+    if not is_number(value):
         return None
-    return value / MIB if metric == "peak_mem_bytes" else float(value)
+    return float(catalogue.shown(metric, value))
 
 
 def axis_label(key: str) -> str:
     """The axis label of a key: the metric label with its unit, or the key itself (``frames``)."""
-    if key in METRICS or key.startswith("task."):
-        return metric_info(key)[0]
+    if key in catalogue.METRICS or key.startswith(catalogue.TASK_PREFIX):
+        return catalogue.metric(key).label
     return key
+
+
+def figure_title(key: str) -> str:
+    """A figure's title for a metric: its catalogue title, else its axis label."""
+    known = catalogue.METRICS.get(key)
+    return (known.title if known else None) or axis_label(key)
 
 
 def varying_keys(records: list[dict], exclude: tuple[str, ...] = ()) -> list[str]:
@@ -80,7 +77,7 @@ def varying_keys(records: list[dict], exclude: tuple[str, ...] = ()) -> list[str
             if key not in keys:
                 keys.append(key)
     keys.sort(key=lambda k: CONFIG_KEYS.index(k) if k in CONFIG_KEYS else len(CONFIG_KEYS))
-    return [k for k in keys if k not in exclude and len({_hashable(field(r, k)) for r in records}) > 1]
+    return varying(records, [k for k in keys if k not in exclude])
 
 
 def default_series(records: list[dict], x: str) -> list[str]:
@@ -103,7 +100,7 @@ def series_label(record: dict, keys: list[str]) -> str:
 def format_value(key: str, value: Any) -> str:
     """One spec value as label text: budgets in MiB/GiB, chunk sizes, frames, bare names."""
     if key == "memory_budget":
-        return f"{format_bytes(value)} budget" if _is_number(value) else "no budget"
+        return f"{format_bytes(value)} budget" if is_number(value) else "no budget"
     if key == "prefill_chunk":
         return f"chunk {value}" if value else "one-shot prefill"
     if key == "frames":
@@ -133,7 +130,7 @@ def series_points(records: list[dict], x: str, y: str,
     x and ok records without a numeric y are left out. When several records fall on one
     point the last one wins, as re-runs are appended to the results file.
     """
-    metric_info(y)
+    catalogue.metric(y)
     usable = _with_x(records, x)
     keys = default_series(usable, x) if series is None else series
     cells: dict[str, dict[float, float | None]] = {}
@@ -175,7 +172,7 @@ def maxframes_records(records: list[dict]) -> list[dict]:
     tagged = [r for r in records if r.get("kind") == "maxframes"]
     if tagged:
         return tagged
-    return [r for r in records if _is_number(field(r, "max_frames"))]
+    return [r for r in records if is_number(field(r, "max_frames"))]
 
 
 def probe_points(records: list[dict]) -> dict[str, list[tuple[float, float | None, str]]]:
@@ -184,7 +181,7 @@ def probe_points(records: list[dict]) -> dict[str, list[tuple[float, float | Non
     keys = varying_keys(chosen, exclude=IGNORED_KEYS) or ["arch"]
     out: dict[str, list[tuple[float, float | None, str]]] = {}
     for record in chosen:
-        probes = [p for p in field(record, "probes") if isinstance(p, dict) and _is_number(p.get("frames"))]
+        probes = [p for p in field(record, "probes") if isinstance(p, dict) and is_number(p.get("frames"))]
         points = [(float(p["frames"]), display_value("peak_mem_bytes", p.get("peak_mem_bytes")),
                    str(p.get("status"))) for p in probes if p.get("status") in ("ok", "oom")]
         if points:
@@ -211,8 +208,8 @@ def pareto_front(points: list[tuple], maximize: tuple[bool, bool] = (True, True)
 
 def pareto_points(records: list[dict], x: str, y: str) -> list[tuple[float, float, str]]:
     """One (x, y, label) per ok cell with numeric x and y, in display units; last record per label wins."""
-    metric_info(x)
-    metric_info(y)
+    catalogue.metric(x)
+    catalogue.metric(y)
     usable = [r for r in records if r.get("status") == "ok"
               and display_value(x, field(r, x)) is not None and display_value(y, field(r, y)) is not None]
     keys = varying_keys(usable, exclude=("seed", "warmup", "repeats")) or ["arch", "compressor"]
@@ -227,7 +224,7 @@ def pareto_points(records: list[dict], x: str, y: str) -> list[tuple[float, floa
 def xy_figure(records: list[dict], x: str, y: str, *, series: list[str] | None = None,
               logx: bool | None = None, title: str | None = None) -> Figure:
     """The figure ``plot_xy`` writes (see there)."""
-    y_label = metric_info(y)[0]
+    y_label = catalogue.metric(y).label
     if not any(field(r, x) is not None for r in records):
         raise UserError(f"nothing to plot: no record has {x!r}")
     for key in series or []:
@@ -259,7 +256,7 @@ def xy_figure(records: list[dict], x: str, y: str, *, series: list[str] | None =
     ax.set_xlabel(axis_label(x))
     ax.set_ylabel(y_label)
     ax.grid(True, alpha=0.3)
-    _titles(ax, title or f"{TITLES.get(y, y_label)} vs {axis_label(x)}", records)
+    _titles(ax, title or f"{figure_title(y)} vs {axis_label(x)}", records)
     handles, labels = ax.get_legend_handles_labels()
     if oom_at:
         handles.append(Line2D([], [], color=OOM_COLOR, marker="x", linestyle="none", markersize=7,
@@ -316,18 +313,18 @@ def probes_figure(records: list[dict]) -> Figure:
                 oom_at.setdefault(px, []).append(color)
             else:
                 ax.plot([px], [py], marker="x", markersize=7, markeredgewidth=2, color=color, linestyle="none")
-    budgets = sorted({b for r in maxframes_records(records) if _is_number(b := field(r, "memory_budget"))})
+    budgets = sorted({b for r in maxframes_records(records) if is_number(b := field(r, "memory_budget"))})
     for budget in budgets:
-        level = budget / MIB
+        level = display_value("peak_mem_bytes", budget)
         ax.axhline(level, color=OOM_COLOR, linestyle="--", linewidth=1)
         ax.annotate(f"budget {format_bytes(budget)}", (0.01, level), xycoords=("axes fraction", "data"),
                     xytext=(0, 2), textcoords="offset points", fontsize=7, color=OOM_COLOR, va="bottom")
-    top = max(values + [b / MIB for b in budgets]) if values or budgets else 1.0
+    top = max(values + [display_value("peak_mem_bytes", b) for b in budgets]) if values or budgets else 1.0
     ax.set_ylim(0, top * (1.22 if oom_at else 1.1))
     _mark_oom(ax, oom_at)
     _x_axis(ax, xs, logx=xs[0] > 0 and xs[-1] / xs[0] > LOGX_SPAN, pow2=True)
     ax.set_xlabel("frames")
-    ax.set_ylabel(METRICS["peak_mem_bytes"][0])
+    ax.set_ylabel(catalogue.metric("peak_mem_bytes").label)
     ax.grid(True, alpha=0.3)
     _titles(ax, "Max-frames search: peak memory of every probe", maxframes_records(records))
     handles, labels = ax.get_legend_handles_labels()
@@ -342,7 +339,7 @@ def pareto_figure(records: list[dict], x: str = "prefill_tok_s", y: str = "task.
     points = pareto_points(records, x, y)
     if not points:
         raise UserError(f"nothing to plot: no ok record has both {x!r} and {y!r}")
-    maximize = (metric_info(x)[2] is not False, metric_info(y)[2] is not False)
+    maximize = (catalogue.metric(x).higher is not False, catalogue.metric(y).higher is not False)
     front = pareto_front(points, maximize)
     on_front = {p[2] for p in front}
     fig, ax = _new_figure((7.0, 4.6))
@@ -367,7 +364,7 @@ def pareto_figure(records: list[dict], x: str = "prefill_tok_s", y: str = "task.
     ax.set_xlabel(axis_label(x) + ("  →  better" if maximize[0] else "  ←  better"))
     ax.set_ylabel(axis_label(y) + ("  →  better" if maximize[1] else "  ←  better"))
     ax.grid(True, alpha=0.3)
-    _titles(ax, f"{TITLES.get(y, axis_label(y))} vs {TITLES.get(x, axis_label(x)).lower()}", records)
+    _titles(ax, f"{figure_title(y)} vs {figure_title(x).lower()}", records)
     _legend(ax, *ax.get_legend_handles_labels())
     return fig
 
@@ -377,7 +374,7 @@ def plot_xy(records: list[dict], x: str, y: str, out: str, *, series: list[str] 
     """A line plot of metric ``y`` against numeric ``x``, one line per series; returns the path written.
 
     ``series`` are the keys whose values tell lines apart (default: ``default_series``).
-    ``y`` is a metric of ``bench.reporting.table.METRICS`` or ``task.<name>``, labelled with its
+    ``y`` is a metric of the catalogue (``bench.metrics``) or ``task.<name>``, labelled with its
     unit (peak memory in MiB). OOM cells are marked with an "x" at the top of the axis
     at their x; error cells are skipped. ``logx`` defaults to True when x spans more
     than a factor of 8. UserError when there is nothing to plot.
@@ -419,7 +416,7 @@ def plot_probes(records: list[dict], out: str) -> str:
 def plot_pareto(records: list[dict], out: str, x: str = "prefill_tok_s", y: str = "task.accuracy") -> str:
     """Scatter of ``y`` against ``x``, one labelled point per cell, the Pareto front highlighted.
 
-    The direction of each axis comes from ``bench.reporting.table.metric_info`` (higher is better
+    The direction of each axis comes from the catalogue (``bench.metrics``) (higher is better
     unless the metric says otherwise); front points are connected in red.
     """
     _check_suffix(out)
@@ -528,7 +525,7 @@ def _context(records: list[dict]) -> str:
     """The settings common to all records worth stating on a figure: preset, dtype, device."""
     parts = []
     for key in ("preset", "dtype", "tokens_per_frame"):
-        values = {_hashable(field(r, key)) for r in records}
+        values = {hashable(field(r, key)) for r in records}
         if len(values) == 1 and (value := next(iter(values))) is not None:
             parts.append(f"{value} tok/frame" if key == "tokens_per_frame" else str(value))
     devices = {field(r, "env.device_name") for r in records}
@@ -588,7 +585,7 @@ def _colors(n: int) -> list[str]:
 
 def _with_x(records: list[dict], x: str) -> list[dict]:
     """Records whose ``x`` is a number."""
-    return [r for r in records if _is_number(field(r, x))]
+    return [r for r in records if is_number(field(r, x))]
 
 
 def _lockstep(records: list[dict], x: str, key: str) -> bool:
@@ -596,7 +593,7 @@ def _lockstep(records: list[dict], x: str, key: str) -> bool:
     forward: dict = {}
     backward: dict = {}
     for record in records:
-        vx, vk = _hashable(field(record, x)), _hashable(field(record, key))
+        vx, vk = hashable(field(record, x)), hashable(field(record, key))
         if forward.setdefault(vx, vk) != vk or backward.setdefault(vk, vx) != vx:
             return False
     return len(forward) > 1
@@ -605,7 +602,7 @@ def _lockstep(records: list[dict], x: str, key: str) -> bool:
 def _config_key(record: dict, keys: list[str]) -> tuple:
     """The record's values of ``keys`` with arch moved last, for grouping bars."""
     ordered = [k for k in keys if k != "arch"] + [k for k in keys if k == "arch"]
-    return tuple(_hashable(field(record, k)) for k in ordered)
+    return tuple(hashable(field(record, k)) for k in ordered)
 
 
 def _first_seen(keys: list[str], records: list[dict]) -> list[dict]:
@@ -613,18 +610,8 @@ def _first_seen(keys: list[str], records: list[dict]) -> list[dict]:
     ordered = [k for k in keys if k != "arch"] + [k for k in keys if k == "arch"]
     ranks = []
     for key in ordered:
-        values = list(dict.fromkeys(_hashable(field(r, key)) for r in records))
-        if all(_is_number(v) or v is None for v in values):
+        values = list(dict.fromkeys(hashable(field(r, key)) for r in records))
+        if all(is_number(v) or v is None for v in values):
             values.sort(key=lambda v: (v is not None, v or 0))
         ranks.append({v: i for i, v in enumerate(values)})
     return ranks
-
-
-def _hashable(value: Any) -> Any:
-    """Lists and dicts as their repr so they can be dict keys."""
-    return repr(value) if isinstance(value, (list, dict)) else value
-
-
-def _is_number(value: Any) -> bool:
-    """True for finite ints and floats (not bools)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

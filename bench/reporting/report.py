@@ -13,19 +13,26 @@ a figure with nothing to plot is left out.
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from bench.reporting import plots
 from bench.errors import UserError
 from bench.records import iter_records
-from bench.reporting.table import field, metric_info, render
+from bench import metrics as catalogue
+from bench.reporting.table import render
+from bench.reporting.values import field, hashable, is_number, varying
 
 ROW_KEYS = ("arch", "compressor", "preset")
 TABLE_METRICS = ("prefill_tok_s", "decode_tok_s", "ttft_s", "peak_mem_bytes", "compression_ratio")
 FIGURE_FORMATS = (".png", ".pdf")
+
+
+def _axis(key: str) -> str:
+    """A figure's axis in a caption: "Peak memory (MiB)"."""
+    return f"{plots.figure_title(key)} ({catalogue.metric(key).unit})"
+
 
 
 def write_report(paths: list[str], out_dir: str) -> str:
@@ -58,7 +65,7 @@ def split_records(records: list[dict]) -> tuple[list[dict], list[dict]]:
     """(cell records, max-frames records): max-frames searches are ``kind == "maxframes"``
     records, or records with a numeric max_frames and no frame count."""
     searches = [r for r in records if r.get("kind") == "maxframes"
-                or (field(r, "frames") is None and _is_number(field(r, "max_frames")))]
+                or (field(r, "frames") is None and is_number(field(r, "max_frames")))]
     cells = [r for r in records if not any(r is s for s in searches)]
     return cells, searches
 
@@ -87,13 +94,13 @@ def table_metrics(records: list[dict]) -> list[str]:
     """The metrics worth a table: those some ok record has a number for (compression ratio only
     where a compressor removed tokens), then every numeric task metric."""
     ok = [r for r in records if r.get("status") == "ok"]
-    chosen = [m for m in TABLE_METRICS if any(_is_number(field(r, m)) for r in ok)]
+    chosen = [m for m in TABLE_METRICS if any(is_number(field(r, m)) for r in ok)]
     if "compression_ratio" in chosen and all(field(r, "compression_ratio") in (None, 1, 1.0) for r in ok):
         chosen.remove("compression_ratio")
     task = []
     for record in ok:
         metrics = (record.get("task") or {}).get("metrics") or {}
-        task += [f"task.{k}" for k, v in metrics.items() if _is_number(v) and f"task.{k}" not in task]
+        task += [f"task.{k}" for k, v in metrics.items() if is_number(v) and f"task.{k}" not in task]
     return chosen + task
 
 
@@ -113,11 +120,11 @@ def _section(path: str, records: list[dict], out: Path, name: str) -> list[str]:
         by = " and ".join([", ".join(rows)] + cols)
         failed = _failed_note(cells)
         for metric in table_metrics(cells):
-            label = metric_info(metric)[0]
+            label = catalogue.metric(metric).label
             caption = f"{_sentence(label)} by {by}{failed}. {source}"
             lines += _table(shown, rows, cols, metric, folder, name, _slug(metric), label, caption)
 
-        with_frames = [r for r in cells if _is_number(field(r, "frames"))]
+        with_frames = [r for r in cells if is_number(field(r, "frames"))]
         series = plots.default_series(with_frames, "frames")
         per = f"one line per {' + '.join(series)}" if series else "one line"
         ooms = sum(r.get("status") == "oom" for r in with_frames)
@@ -125,16 +132,16 @@ def _section(path: str, records: list[dict], out: Path, name: str) -> list[str]:
         figures: list[tuple[str, str, Callable[[str], str], str]] = [
             ("throughput_vs_frames", "Prefill throughput vs frames",
              lambda f: plots.plot_throughput(cells, f),
-             f"Prefill throughput (tok/s) against frames (log scale), {per}{oom}. {source}"),
+             f"{_axis('prefill_tok_s')} against frames (log scale), {per}{oom}. {source}"),
             ("memory_vs_frames", "Peak memory vs frames",
              lambda f: plots.plot_memory(cells, f),
-             f"Peak memory (MiB) against frames, {per}{oom}. {source}"),
+             f"{_axis('peak_mem_bytes')} against frames, {per}{oom}. {source}"),
             ("pareto_accuracy_throughput", "Accuracy vs throughput",
              lambda f: plots.plot_pareto(cells, f),
              "Task accuracy against prefill throughput, one point per cell; the Pareto-optimal cells "
              f"(no other cell both faster and more accurate) are joined in red. {source}"),
         ]
-        if len({field(r, "frames") for r in cells if _is_number(field(r, "frames"))}) < 2:
+        if len({field(r, "frames") for r in cells if is_number(field(r, "frames"))}) < 2:
             figures = figures[2:]  # a line against frames needs two frame counts
         for figure in figures:
             lines += _figure(folder, name, *figure)
@@ -150,7 +157,7 @@ def _section(path: str, records: list[dict], out: Path, name: str) -> list[str]:
                          f"Max frames per configuration, one bar each, coloured by arch. {source}")
         lines += _figure(folder, name, "max_frames_probes", "Max-frames search probes",
                          lambda f: plots.plot_probes(searches, f),
-                         "Peak memory (MiB) of every probe of each max-frames search against frames; "
+                         f"{_axis('peak_mem_bytes')} of every probe of each max-frames search against frames; "
                          f"x marks an OOM probe, dashed lines the memory budgets. {source}")
     return lines
 
@@ -215,7 +222,7 @@ def _display(records: list[dict]) -> list[dict]:
     shown = []
     for record in records:
         spec = dict(record.get("spec") or {})
-        if _is_number(spec.get("memory_budget")):
+        if is_number(spec.get("memory_budget")):
             spec["memory_budget"] = plots.format_bytes(spec["memory_budget"])
         if "prefill_chunk" in spec and not spec["prefill_chunk"]:
             spec["prefill_chunk"] = "one-shot"
@@ -225,13 +232,13 @@ def _display(records: list[dict]) -> list[dict]:
 
 def _collisions(records: list[dict], keys: list[str]) -> int:
     """How many records share their values of ``keys`` with an earlier record."""
-    seen = {tuple(repr(field(r, k)) for k in keys) for r in records}
+    seen = {tuple(hashable(field(r, k)) for k in keys) for r in records}
     return len(records) - len(seen)
 
 
 def _varies(records: list[dict], key: str) -> bool:
     """True when records hold more than one value of ``key``."""
-    return len({repr(field(r, key)) for r in records}) > 1
+    return bool(varying(records, [key]))
 
 
 def _sentence(text: str) -> str:
@@ -253,7 +260,3 @@ def _unique(name: str, taken: set[str]) -> str:
     taken.add(candidate)
     return candidate
 
-
-def _is_number(value: Any) -> bool:
-    """True for finite ints and floats (not bools)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -11,67 +11,22 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 import sys
 from typing import Any
 
 from tabulate import tabulate
 
 from bench.errors import UserError
+from bench import metrics as catalogue
 from bench.records import iter_records
+from bench.reporting import latex
+from bench.reporting.latex import MISSING
+from bench.reporting.values import field, has, hashable, is_number, varying
 
-MIB = 1024 * 1024
-
-MISSING = "—"
 OOM = "OOM"
 ERROR = "error"
 
-# metric key -> (header label with unit, format spec, higher_is_better); None: never bolded.
-METRICS: dict[str, tuple[str, str, bool | None]] = {
-    "prefill_tok_s": ("prefill (tok/s)", ".1f", True),
-    "decode_tok_s": ("decode (tok/s)", ".1f", True),
-    "e2e_tok_s": ("end-to-end (tok/s)", ".1f", True),
-    "prefill_cpu_tok_s": ("prefill per CPU second (tok/s)", ".1f", True),
-    "decode_cpu_tok_s": ("decode per CPU second (tok/s)", ".1f", True),
-    "prefill_s": ("prefill (s)", ".3f", False),
-    "ttft_s": ("TTFT (s)", ".3f", False),
-    "peak_mem_bytes": ("peak mem (MiB)", ".1f", False),
-    "max_frames": ("max frames", "d", True),
-    "input_tokens": ("input tokens", "d", None),
-    "vision_tokens": ("vision tokens", "d", None),
-    "tokens_after_compression": ("tokens after compression", "d", None),
-    "compression_ratio": ("compression ratio", ".3f", None),
-    "task.accuracy": ("accuracy", ".3f", True),
-    # metrics.cost (bench.measure.cost): sizes at the end of prefill, analytic FLOPs, utilisation of the device's peaks
-    "cost.weights_bytes": ("weights (MiB)", ".1f", None),
-    "cost.kv_cache_bytes": ("KV cache (MiB)", ".2f", False),
-    "cost.ssm_state_bytes": ("SSM state (MiB)", ".2f", False),
-    "cost.conv_state_bytes": ("conv state (MiB)", ".3f", False),
-    "cost.prefill_flops": ("prefill (GFLOP)", ".2f", None),
-    "cost.decode_flops": ("decode (GFLOP)", ".3f", None),
-    "cost.prefill_flops_util": ("prefill FLOP/s of peak (%)", ".1f", True),
-    "cost.decode_bw_util": ("decode bytes/s of peak (%)", ".1f", True),
-    # viperbench predict records
-    "predicted_peak_mem_bytes": ("predicted peak mem (MiB)", ".1f", False),
-    "predicted_max_frames": ("predicted max frames", "d", True),
-}
-
-# metric -> factor from the record's unit to the table's
-DISPLAY_SCALE = {"peak_mem_bytes": 1 / MIB, "cost.weights_bytes": 1 / MIB, "cost.kv_cache_bytes": 1 / MIB,
-                 "cost.ssm_state_bytes": 1 / MIB, "cost.conv_state_bytes": 1 / MIB, "cost.prefill_flops": 1e-9,
-                 "cost.decode_flops": 1e-9, "cost.prefill_flops_util": 100.0, "cost.decode_bw_util": 100.0,
-                 "predicted_peak_mem_bytes": 1 / MIB}
-_PATHS = {"cost.prefill_flops_util": ["metrics", "cost", "utilisation", "prefill_flops_util"],
-          "cost.decode_bw_util": ["metrics", "cost", "utilisation", "decode_bw_util"],
-          "predicted_max_frames": ["metrics", "max_frames", "predicted_max_frames"]}
-
-TASK_PREFIX = "task."
-TASK_DEFAULT = (".4g", True)  # format and direction of task metrics not listed in METRICS
-
 FORMATS = ("github", "latex", "csv")
-
-_ABSENT = object()
 
 
 def load_records(paths: list[str]) -> list[dict]:
@@ -85,29 +40,6 @@ def load_records(paths: list[str]) -> list[dict]:
     if not records:
         raise UserError(f"no records in {', '.join(paths) or 'no files given'}")
     return records
-
-
-def field(record: dict, key: str) -> Any:
-    """The value of ``key`` in a record, or None when the record does not have it.
-
-    Bare keys are looked up in ``spec`` (``arch``, ``frames``, ...), then at the top level
-    (``status``, ``error``), then in ``metrics`` (``prefill_tok_s``, ...);
-    ``compression_ratio`` is tokens_after_compression / input_tokens; ``task.X`` is the
-    task metric X; dotted paths such as ``spec.x``, ``metrics.x`` or ``env.kernels.x``
-    are followed from the top of the record.
-    """
-    value = _lookup(record, key)
-    return None if value is _ABSENT else value
-
-
-def metric_info(metric: str) -> tuple[str, str, bool | None]:
-    """(label, format spec, higher_is_better) of a metric; UserError if it is unknown."""
-    if metric in METRICS:
-        return METRICS[metric]
-    if metric.startswith(TASK_PREFIX) and len(metric) > len(TASK_PREFIX):
-        return (metric[len(TASK_PREFIX) :], *TASK_DEFAULT)
-    known = ", ".join([*METRICS, "task.<name>"])
-    raise UserError(f"unknown metric {metric!r}; known metrics: {known}")
 
 
 class Measured(float):
@@ -125,7 +57,7 @@ class Measured(float):
 def _half_width(record: dict, metric: str) -> float | None:
     """Half the width of a metric's 95% interval (``metrics.spread.<metric>.ci95``), if the record has one."""
     ci = field(record, f"metrics.spread.{metric}.ci95")
-    if isinstance(ci, list) and len(ci) == 2 and all(_is_number(v) for v in ci):
+    if isinstance(ci, list) and len(ci) == 2 and all(is_number(v) for v in ci):
         return (ci[1] - ci[0]) / 2
     return None
 
@@ -142,13 +74,13 @@ def pivot(records: list[dict], rows: list[str], cols: list[str], metric: str,
     value) exists. When several records share a cell the last one wins, since re-runs
     are appended to the results file.
     """
-    label, _, _ = metric_info(metric)
+    label = catalogue.metric(metric).label
     if not records:
         raise UserError("no records to tabulate")
     if not rows:
         raise UserError("give at least one row key")
     for key in [*rows, *cols]:
-        if all(_lookup(record, key) is _ABSENT for record in records):
+        if all(not has(record, key) for record in records):
             raise UserError(f"unknown key {key!r}: no record has it")
 
     cells: dict[tuple, dict] = {}
@@ -179,7 +111,8 @@ def render(records: list[dict], rows: list[str], cols: list[str], metric: str, f
     if fmt not in FORMATS:
         raise UserError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
     header, body = pivot(records, rows, cols, metric, ci)
-    _, spec, higher = metric_info(metric)
+    m = catalogue.metric(metric)
+    spec, higher = m.fmt, m.higher
     width = len(rows)
     if fmt == "csv":
         out = io.StringIO()
@@ -198,91 +131,27 @@ def render(records: list[dict], rows: list[str], cols: list[str], metric: str, f
 def _latex(header: list[str], body: list[list], text: list[list[str]], width: int, higher: bool | None) -> str:
     """A booktabs tabular; the best number of each value column in \\textbf."""
     best = [_best([line[j] for line in body], higher) for j in range(width, len(header))]
-    lines = [
-        "\\begin{tabular}{" + "l" * width + "r" * (len(header) - width) + "}",
-        "\\toprule",
-        " & ".join(_latex_escape(h) for h in header) + " \\\\",
-        "\\midrule",
-    ]
+    rows = []
     for raw, shown in zip(body, text):
-        cells = [_latex_escape(c) for c in shown[:width]]
+        cells = [latex.escape(c) for c in shown[:width]]
         for j, (value, cell) in enumerate(zip(raw[width:], shown[width:])):
-            cell = _latex_escape(cell).replace(" ± ", " $\\pm$ ")
+            cell = latex.escape(cell).replace(" ± ", " $\\pm$ ")
             cells.append(f"\\textbf{{{cell}}}" if best[j] is not None and value == best[j] else cell)
-        lines.append(" & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    return "\n".join(lines)
+        rows.append(cells)
+    return latex.tabular([latex.escape(h) for h in header], rows, width)
 
 
 def _best(values: list, higher: bool | None) -> float | None:
     """The best number among a column's cells, or None when nothing should be bold."""
-    numbers = [v for v in values if _is_number(v)]
+    numbers = [v for v in values if is_number(v)]
     if higher is None or not numbers:
         return None
     return max(numbers) if higher else min(numbers)
 
 
-_LATEX_SPECIAL = {
-    "\\": "\\textbackslash{}",
-    "&": "\\&",
-    "%": "\\%",
-    "$": "\\$",
-    "#": "\\#",
-    "_": "\\_",
-    "{": "\\{",
-    "}": "\\}",
-    "~": "\\textasciitilde{}",
-    "^": "\\textasciicircum{}",
-    MISSING: "---",
-}
-
-
-def _latex_escape(text: str) -> str:
-    """Text made safe to place in a LaTeX table cell (a leading "[" would read as a \\\\ option)."""
-    escaped = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
-    return "{}" + escaped if escaped.startswith("[") else escaped
-
-
-def _lookup(record: dict, key: str) -> Any:
-    """The value of ``key`` (see ``field``), or _ABSENT when the record lacks it."""
-    if key == "compression_ratio":
-        before, after = _lookup(record, "input_tokens"), _lookup(record, "tokens_after_compression")
-        if _is_number(before) and _is_number(after) and before:
-            return after / before
-        return _ABSENT
-    if key.startswith(TASK_PREFIX):
-        return _path(record, ["task", "metrics", key[len(TASK_PREFIX) :]])
-    if key in _PATHS:
-        return _path(record, _PATHS[key])
-    if key.startswith("cost."):
-        return _path(record, ["metrics", *key.split(".")])
-    if "." in key:
-        return _path(record, key.split("."))
-    for section in (["spec"], [], ["metrics"]):
-        value = _path(record, [*section, key])
-        if value is not _ABSENT:
-            return value
-    return _ABSENT
-
-
-def _path(record: dict, parts: list[str]) -> Any:
-    """Follow nested dict keys; _ABSENT as soon as one is missing."""
-    node: Any = record
-    for part in parts:
-        if not isinstance(node, dict) or part not in node:
-            return _ABSENT
-        node = node[part]
-    return node
-
-
 def _key(record: dict, keys: list[str]) -> tuple:
     """The record's values for ``keys``, as a hashable tuple."""
-    return tuple(_hashable(field(record, k)) for k in keys)
-
-
-def _hashable(value: Any) -> Any:
-    """Lists and dicts turned into their JSON text so they can be part of a key."""
-    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+    return tuple(hashable(field(record, k)) for k in keys)
 
 
 def _ordered(keys: list[tuple]) -> list[tuple]:
@@ -293,7 +162,7 @@ def _ordered(keys: list[tuple]) -> list[tuple]:
     sort_positions = []
     for i in range(len(distinct[0])):
         column = [k[i] for k in distinct]
-        sort_positions.append(all(_is_number(v) for v in column))
+        sort_positions.append(all(is_number(v) for v in column))
     first_seen = [{} for _ in sort_positions]
     for k in distinct:
         for i, value in enumerate(k):
@@ -315,16 +184,16 @@ def _cell(record: dict | None, metric: str, ci: bool = False) -> Any:
     if status == "error":
         return ERROR
     value = field(record, metric)
-    if not _is_number(value):
+    if not is_number(value):
         return MISSING
-    scale = DISPLAY_SCALE.get(metric, 1)
+    m = catalogue.metric(metric)
     half = _half_width(record, metric) if ci else None
-    return value * scale if half is None else Measured.of(value * scale, half * scale)
+    return m.shown(value) if half is None else Measured.of(m.shown(value), m.shown(half))
 
 
 def _format(value: Any, spec: str) -> str:
     """A cell as text: numbers through the metric's format spec, anything else as is."""
-    if not _is_number(value):
+    if not is_number(value):
         return str(value)
     half = value.half if isinstance(value, Measured) else None
     if spec.endswith("d"):
@@ -336,11 +205,6 @@ def _format(value: Any, spec: str) -> str:
 def _text(value: Any) -> str:
     """A key value as a label: None as "—", everything else as its string."""
     return MISSING if value is None else str(value)
-
-
-def _is_number(value: Any) -> bool:
-    """True for finite ints and floats (not bools)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _warn(message: str) -> None:
@@ -357,15 +221,14 @@ def summary(records: list[dict], metrics: tuple[str, ...] = SUMMARY_METRICS, fmt
 
     This is what ``run`` and ``matrix`` print when they finish.
     """
-    keys = [k for k in records[0].get("spec", {})
-            if len({_hashable(field(r, k)) for r in records}) > 1] or ["arch"]
-    header = keys + [METRICS[m][0] for m in metrics] + ["status"]
+    keys = varying(records, records[0].get("spec", {})) or ["arch"]
+    header = keys + [catalogue.metric(m).label for m in metrics] + ["status"]
     body = []
     for r in records:
         cells = [_text(field(r, k)) for k in keys]
         for m in metrics:
             value = _cell(r, m) if r.get("status") == "ok" else MISSING
-            cells.append(_format(value, METRICS[m][1]))
+            cells.append(_format(value, catalogue.metric(m).fmt))
         body.append(cells + [r.get("status", "?")])
     return tabulate(body, header, tablefmt=fmt, disable_numparse=True,
                     colalign=["left"] * len(keys) + ["right"] * len(metrics) + ["left"])
