@@ -124,17 +124,17 @@ def test_launch_modules_import_no_cycle():
 
 
 def test_every_launcher_returns_a_future(tiny):
-    """inline runs the cell in submit (a finished Future); process in a pool thread; both time the cell."""
+    """inline runs the cell in submit (a finished Future); process in a pool thread, its child on the
+    threads asked for; both time the cell."""
     inline = InlineLauncher()
     future = inline.submit(tiny)
     assert future.done() and inline.capacity == 1
     assert future.result()["status"] == "ok" and future.result()["wall_s"] > 0
-    with open_launcher("process", jobs=2) as process:
+    with open_launcher("process", jobs=2, cpus_per_cell=1) as process:
         assert isinstance(process, ProcessLauncher) and process.capacity == 2
-        futures = [process.submit(tiny), process.submit(tiny.replace(frames=1))]
-        records = [f.result(timeout=300) for f in futures]
-    assert [r["status"] for r in records] == ["ok", "ok"]
-    assert [r["spec"]["frames"] for r in records] == [2, 1] and all(r["wall_s"] > 0 for r in records)
+        record = process.submit(tiny).result(timeout=300)
+    assert record["status"] == "ok" and record["spec"] == tiny.to_dict() and record["wall_s"] > 0
+    assert "1 threads" in record["env"]["device_name"]
 
 
 def test_launcher_options_that_do_not_apply_are_refused():
@@ -143,11 +143,6 @@ def test_launcher_options_that_do_not_apply_are_refused():
                                   ("process", {"ray_retries": 1}, "--ray-retries"), ("slurm", {}, "slurm")]:
         with pytest.raises(UserError, match=needle):
             make_launcher(name, **options)
-
-
-def test_process_threads_reach_the_child(tiny):
-    record = run_process(tiny, threads=1)
-    assert record["status"] == "ok" and "1 threads" in record["env"]["device_name"]
 
 
 # --- ray launcher --------------------------------------------------------------------------------

@@ -363,18 +363,18 @@ def test_resume_is_order_independent(tmp_path, capsys):
 
 def test_process_launcher_with_jobs_runs_every_cell_once(tmp_path, capsys):
     out = tmp_path / "m.jsonl"
-    argv = ["matrix", "--arch", "transformer", "--frames", "1,2,3", *SMALL, "--launcher", "process", "--jobs", "2",
+    argv = ["matrix", "--arch", "transformer", "--frames", "1,2", *SMALL, "--launcher", "process", "--jobs", "2",
             "--cpus-per-cell", "1", "--output", str(out), "--no-progress"]
     assert main(argv) == 0
     capsys.readouterr()
     records = list(iter_records(out))
-    assert sorted(r["spec"]["frames"] for r in records) == [1, 2, 3]
+    assert sorted(r["spec"]["frames"] for r in records) == [1, 2]
     assert all(r["status"] == "ok" and "1 threads" in r["env"]["device_name"] for r in records)
 
 
 @pytest.mark.parametrize("extra, needles", [
     (["--launcher", "ray", "--interleave"], ("--interleave", "--launcher inline")),
-    (["--jobs", "2", "--interleave"], ("--interleave", "--jobs")),
+    (["--launcher", "process", "--jobs", "2", "--interleave"], ("--interleave", "--launcher inline")),
     (["--jobs", "2"], ("--jobs", "inline")),
     (["--cpus-per-cell", "2"], ("--cpus-per-cell",)),
     (["--launcher", "process", "--ray-address", "auto"], ("--ray-address", "--launcher ray")),

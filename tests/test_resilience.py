@@ -147,11 +147,15 @@ def test_code_reaches_the_nodes_through_the_runtime_env(cluster):
     """A task's child process imports bench from the package Ray shipped, not from a path of the driver."""
     import ray
 
+    from bench.launch.ray_cluster import CHILD_ENV
+
     @ray.remote(num_cpus=1)
     def where():
-        return subprocess.run([sys.executable, "-c", "import bench; print(bench.__file__)"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        child = subprocess.run([sys.executable, "-c", "import bench; print(bench.__file__)"], capture_output=True,
+                               text=True, check=True, env={**os.environ, **CHILD_ENV})  # as a cell's child
+        return child.stdout.strip()
 
+    # (the Ray worker itself also has the driver's sys.path in front when it shares the driver's machine)
     path = ray.get(where.remote(), timeout=120)
     assert "runtime_resources" in path and not path.startswith(str(REPO)), path
     assert ray.cluster_resources()["CPU"] == 2  # the head offers none

@@ -39,11 +39,13 @@ def run_inline(spec: CellSpec) -> dict:
     return run_cell(spec)
 
 
-def run_process(spec: CellSpec, timeout: float | None = None, threads: int | None = None) -> dict:
+def run_process(spec: CellSpec, timeout: float | None = None, threads: int | None = None,
+                extra_env: dict | None = None) -> dict:
     """Run one cell in a child process and return its record, also when the child dies.
 
-    ``threads``: the child runs torch (and OpenMP) on that many threads; default: torch's own choice."""
-    env = {**os.environ, **CHILD_ENV, PARENT_ENV: str(os.getpid())}
+    ``threads``: the child runs torch (and OpenMP) on that many threads; default: torch's own choice.
+    ``extra_env``: more environment variables for the child."""
+    env = {**os.environ, **CHILD_ENV, **(extra_env or {}), PARENT_ENV: str(os.getpid())}
     if threads is not None:
         env.update({THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)})
     try:

@@ -59,6 +59,7 @@ ENV_NUM_CPUS = "VIPERBENCH_RAY_NUM_CPUS"
 INSTALL_HINT = "the ray launcher needs ray: pip install 'viperbench[distributed]'"
 DEFAULT_RETRIES = 2  # a cell lost with its node or worker is run again up to this many times
 CODE_PACKAGES = ("bench", "architectures", "compressors", "tasks")  # shipped to the nodes with the job
+CHILD_ENV = {"PYTHONSAFEPATH": "1"}  # a cell's child imports the shipped code, not the worker's working directory
 
 # ray.init is done once per process; "local" is True when this module started the Ray instance
 # (then a resource no node has can never appear), False for a cluster, None if someone else did.
@@ -311,7 +312,8 @@ def _cell_task(spec: CellSpec, threads: int | None, requested_accelerator: str |
     """The Ray task: one cell in a fresh child process on ``threads`` threads; returns its record.
 
     The child imports the code Ray shipped: runtime_env's py_modules are on the worker's PYTHONPATH,
-    which the child inherits."""
+    which the child inherits; ``PYTHONSAFEPATH`` keeps the worker's working directory (which may hold
+    another checkout) off the child's ``sys.path`` (Python 3.11+)."""
     import ray
 
     from bench.launch.process import run_process, timed
@@ -320,7 +322,7 @@ def _cell_task(spec: CellSpec, threads: int | None, requested_accelerator: str |
     node_id = ctx.get_node_id()
     gpu_ids = [str(i) for i in ctx.get_accelerator_ids().get("GPU", [])]
     run_spec = spec.replace(device="cuda") if spec.device.startswith("cuda:") else spec
-    record = timed(run_process, run_spec, None, threads)
+    record = timed(run_process, run_spec, None, threads, CHILD_ENV)
     record["spec"] = spec.to_dict()
     record["launcher"] = {
         "name": "ray",
