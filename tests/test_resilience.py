@@ -128,18 +128,26 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _runs_a_cell(node) -> bool:
-    """A cell's child process (``bench.launch.worker``) runs under this node's raylet."""
+def _cell_child(node) -> int | None:
+    """The pid of a cell's child process (``bench.launch.worker``) running under this node's raylet."""
     from ray._private import ray_constants
 
     raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
     for pid in _descendants(raylet):
         try:
             if b"bench.launch.worker" in (Path("/proc") / str(pid) / "cmdline").read_bytes():
-                return True
+                return pid
         except OSError:
             continue
-    return False
+    return None
+
+
+def _alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting to be reaped."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
@@ -171,14 +179,16 @@ def test_worker_node_killed_mid_matrix_every_cell_once(cluster, tmp_path):
     from bench.launch.matrix import axes_from_flags, expand, run_matrix
 
     head, (doomed, survivor) = cluster
-    cells = expand(axes_from_flags({"arch": "transformer", "preset": "tiny", "frames": "1,2,3", "prompt_tokens": "4",
+    cells = expand(axes_from_flags({"arch": "transformer", "preset": "tiny", "frames": "1,2", "prompt_tokens": "4",
                                     "new_tokens": "2", "warmup": "0", "repeats": "1"}))
     out = tmp_path / "m.jsonl"
-    killed = threading.Event()
+    killed, child = threading.Event(), []
 
     def kill_mid_cell():
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not _runs_a_cell(doomed):
+        while time.monotonic() < deadline and not child:
+            pid = _cell_child(doomed)
+            child.extend([pid] if pid else [])
             time.sleep(0.05)
         time.sleep(0.5)
         head.remove_node(doomed)
@@ -188,10 +198,14 @@ def test_worker_node_killed_mid_matrix_every_cell_once(cluster, tmp_path):
     killer.start()
     records = run_matrix(cells, str(out), launcher="ray", progress=False, ray_address=head.address)
     killer.join(timeout=60)
-    assert killed.is_set(), "the doomed node never ran a cell"
+    assert killed.is_set() and child, "the doomed node never ran a cell"
+    deadline = time.monotonic() + 10
+    while _alive(child[0]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child[0]), "the killed node's cell process outlived its node"
     written = list(iter_records(out))
-    assert len(written) == len(records) == 3
-    assert sorted(r["spec"]["frames"] for r in written) == [1, 2, 3]  # each cell exactly once
-    assert [r["status"] for r in written] == ["ok"] * 3, [r.get("error") for r in written]
+    assert len(written) == len(records) == 2
+    assert sorted(r["spec"]["frames"] for r in written) == [1, 2]  # each cell exactly once
+    assert [r["status"] for r in written] == ["ok"] * 2, [r.get("error") for r in written]
     # the cell that was running on the killed node finished on the survivor
     assert {r["launcher"]["node_id"] for r in written} == {survivor.node_id}
