@@ -23,7 +23,7 @@ from tests.bad_input import assert_one_line_error, user_error
 
 PROBES = ("nan", "inf", "-inf", "0", "-1")  # fed to every numeric flag where outside its domain
 # options whose values are names, paths or specs, not numbers
-TEXT_FLAGS = {"--output", "--launcher", "--gpu", "--mamba-kernels", "--data", "--judge", "--log", "--train",
+TEXT_FLAGS = {"--output", "--launcher", "--ray-address", "--gpu", "--mamba-kernels", "--data", "--judge", "--log", "--train",
               "--base", "--head", "--commit", "--store", "--cell",
               "--baseline", "--reference", "--kind", "--x", "--y", "--series", "--out", "--rows", "--cols",
               "--metric", "--format", "--preset", "--predictions", "--knockout", "--probe", "--edges",

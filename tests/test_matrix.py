@@ -283,3 +283,105 @@ def test_interleaved_matrix_keeps_rounds_in_order(tmp_path, capsys):
         assert r["status"] == "ok" and r["interleaved"] is True
         assert len(r["metrics"]["spread"]["prefill_tok_s"]["values"]) == 3
     assert main(argv[:-3] + ["--launcher", "process"]) == 2  # interleaving needs every cell in this process
+
+
+# --- the matrix drives any launcher through submit(spec) -> Future --------------------------
+
+class _HeldLauncher:
+    """A launcher whose cells finish when the test says so, in any order."""
+
+    name = "held"
+
+    def __init__(self, capacity: int):
+        self.capacity, self.futures, self.in_flight, self.most = capacity, {}, 0, 0
+
+    def submit(self, spec):
+        from concurrent.futures import Future
+
+        future = Future()
+        self.futures[spec.frames] = future
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        return future
+
+    def finish(self, frames: int) -> None:
+        self.in_flight -= 1
+        spec = next(c for c in CELLS if c.frames == frames)
+        self.futures[frames].set_result({"schema": 1, "status": "ok", "error": None, "spec": spec.to_dict(),
+                                         "metrics": {"prefill_tok_s": 1, "decode_tok_s": 1, "ttft_s": 1,
+                                                     "peak_mem_bytes": 1}})
+
+
+CELLS = expand({"arch": ["transformer"], "preset": ["tiny"], "frames": ["1", "2", "3", "4"]})
+
+
+def test_matrix_submits_up_to_capacity_and_keeps_records_in_completion_order():
+    import threading
+
+    from bench.launch.matrix import _drive
+
+    launcher, kept = _HeldLauncher(capacity=2), []
+    # cells finish in the order 2, 1, 4, 3: each as soon as it is in flight and the one before it is kept
+    order = [2, 1, 4, 3]
+
+    def finisher():
+        for frames in order:
+            deadline = time.monotonic() + 10
+            while frames not in launcher.futures and time.monotonic() < deadline:
+                time.sleep(0.01)
+            launcher.finish(frames)
+            while len(kept) < order.index(frames) + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=finisher)
+    thread.start()
+    _drive(launcher, CELLS, len(CELLS), kept.append, progress=False)
+    thread.join()
+    assert [r["spec"]["frames"] for r in kept] == order
+    assert launcher.most == 2  # never more than the capacity in flight
+    assert all(r["wall_s"] >= 0 for r in kept)  # the matrix times a record the launcher did not
+
+
+def test_resume_is_order_independent(tmp_path, capsys):
+    """A cell is skipped when its record is anywhere in the output (records of a concurrent run are in
+    completion order, with other lines between them)."""
+    out = tmp_path / "m.jsonl"
+    axes = {"arch": "transformer,mamba", "frames": "2,3", "preset": "tiny", "prompt_tokens": "4", "new_tokens": "2",
+            "warmup": "0", "repeats": "1"}
+    cells = expand(axes_from_flags(axes))
+    lines = [json.dumps({"schema": 1, "status": "ok", "error": None, "spec": cells[i].to_dict(), "metrics": {}})
+             for i in (3, 0, 2)]
+    lines.insert(1, json.dumps({"schema": 1, "status": "error", "error": "x", "spec": cells[1].to_dict()}))
+    out.write_text("\n".join(lines) + "\n")
+    argv = ["matrix", "--arch", "transformer,mamba", "--frames", "2,3", *SMALL, "--output", str(out),
+            "--no-progress", "--resume"]
+    assert main(argv) == 0
+    assert "resuming: 3 of 4 cells already recorded" in capsys.readouterr().err
+    records = list(iter_records(out))
+    assert len(records) == 5 and records[-1]["spec"] == cells[1].to_dict() and records[-1]["status"] == "ok"
+
+
+def test_process_launcher_with_jobs_runs_every_cell_once(tmp_path, capsys):
+    out = tmp_path / "m.jsonl"
+    argv = ["matrix", "--arch", "transformer", "--frames", "1,2", *SMALL, "--launcher", "process", "--jobs", "2",
+            "--cpus-per-cell", "1", "--output", str(out), "--no-progress"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    records = list(iter_records(out))
+    assert sorted(r["spec"]["frames"] for r in records) == [1, 2]
+    assert all(r["status"] == "ok" and "1 threads" in r["env"]["device_name"] for r in records)
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--launcher", "ray", "--interleave"], ("--interleave", "--launcher inline")),
+    (["--launcher", "process", "--jobs", "2", "--interleave"], ("--interleave", "--launcher inline")),
+    (["--jobs", "2"], ("--jobs", "inline")),
+    (["--cpus-per-cell", "2"], ("--cpus-per-cell",)),
+    (["--launcher", "process", "--ray-address", "auto"], ("--ray-address", "--launcher ray")),
+    (["--launcher", "slurm"], ("unknown launcher 'slurm'", "inline, process, ray")),
+])
+def test_launcher_options_that_do_not_apply_are_one_line_errors(capsys, extra, needles):
+    from tests.bad_input import user_error
+
+    user_error(capsys, ["matrix", "--arch", "transformer", "--frames", "2", *SMALL, "--no-progress", *extra],
+               *needles)

@@ -12,14 +12,18 @@ or from a TOML file whose top-level keys are cell settings, each a value or a li
 A relative ``output`` is read from the working directory, as ``--output`` is. With no output
 anywhere, each record is printed on stdout as a JSON line when its cell ends.
 
-Every cell is validated before the first one runs. Each record is appended and flushed as
-soon as its cell ends; ``--resume`` skips cells already recorded as ok or oom.
+Every cell is validated before the first one runs. The cells go to the launcher through its
+``submit(spec) -> Future`` (up to its capacity at once: one for inline, ``--jobs`` for process,
+the whole matrix for Ray); each record is appended and flushed as soon as its cell ends, in the
+order the cells finish. ``--resume`` skips every cell whose record (ok or oom) is in the output,
+wherever it is in the file.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import queue
 import re
 import sys
 import time
@@ -108,19 +112,18 @@ def one_line(record: dict) -> str:
 
 
 def run_matrix(cells: list[CellSpec], output: str | None, *, launcher: str = "inline", resume: bool = False,
-               progress: bool = True, interleave: bool = False) -> list[dict]:
+               progress: bool = True, interleave: bool = False, **options) -> list[dict]:
     """Run every cell, appending each record to ``output`` as it ends; returns this run's records.
 
-    With ``interleave``, all cells are built in this process and measured round by round
-    (``bench.measure.runner.run_interleaved``): the setting for ratios between cells, e.g. a CI gate.
+    ``options`` go to the launcher (``bench.launch.launchers.make_launcher``: ``jobs``,
+    ``cpus_per_cell``, ``ray_address``, ``ray_retries``). With ``interleave``, all cells are built
+    in this process and measured round by round (``bench.measure.runner.run_interleaved``): the
+    setting for ratios between cells, e.g. a CI gate.
     """
-    from tqdm import tqdm
+    from bench.launch.launchers import check_options, open_launcher
 
-    from bench.launch.process import LAUNCHERS
-
-    if launcher not in LAUNCHERS:
-        raise UserError(f"unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
-    if interleave and launcher != "inline":
+    check_options(launcher, **options)
+    if interleave and launcher != "inline":  # (inline refuses --jobs above)
         raise UserError("--interleave runs every cell in this process: use it with --launcher inline")
     if launcher != "ray":  # Ray workers check their own devices
         for cell in cells:
@@ -136,7 +139,6 @@ def run_matrix(cells: list[CellSpec], output: str | None, *, launcher: str = "in
     if done:
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already recorded in {output}",
               file=sys.stderr)
-    run = LAUNCHERS[launcher]
     records = []
 
     def keep(record: dict) -> None:
@@ -157,19 +159,47 @@ def run_matrix(cells: list[CellSpec], output: str | None, *, launcher: str = "in
         print(f"interleaving {len(todo)} cells", file=sys.stderr)
         run_interleaved(todo, on_record=on_record)
         return records
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
-    done_count = len(cells) - len(todo)
-    try:
-        for cell in todo:
+    if not todo:
+        return records
+    with open_launcher(launcher, **options) as runner:
+        _drive(runner, todo, len(cells), keep, progress)
+    return records
+
+
+def _drive(runner, todo: list[CellSpec], total: int, keep, progress: bool) -> None:
+    """Submit up to the launcher's capacity, keep each record as its Future completes, refill."""
+    from tqdm import tqdm
+
+    finished: queue.Queue = queue.Queue()  # futures in the order they complete
+    waiting = iter(todo)
+    in_flight: dict = {}  # future -> (cell, submitted at)
+    bar = tqdm(total=total, initial=total - len(todo), unit="cell", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    count = total - len(todo)
+
+    def fill() -> None:
+        while len(in_flight) < runner.capacity:
+            cell = next(waiting, None)
+            if cell is None:
+                return
             bar.set_description(describe(cell))
-            t0 = time.perf_counter()
-            record = run(cell)
-            record["wall_s"] = time.perf_counter() - t0
+            submitted = time.perf_counter()
+            future = runner.submit(cell)
+            in_flight[future] = (cell, submitted)
+            future.add_done_callback(finished.put)
+
+    try:
+        fill()
+        while in_flight:
+            future = finished.get()
+            cell, submitted = in_flight.pop(future)
+            record = future.result()
+            record.setdefault("wall_s", time.perf_counter() - submitted)
             keep(record)
+            count += 1
             bar.update(1)
-            done_count += 1
-            bar.write(f"[{done_count}/{len(cells)}] {describe(cell)}: {one_line(record)}", file=sys.stderr)
+            bar.set_description(f"{len(in_flight)} running" if in_flight else describe(cell))
+            bar.write(f"[{count}/{total}] {describe(cell)}: {one_line(record)}", file=sys.stderr)
+            fill()
     finally:
         bar.close()
-    return records

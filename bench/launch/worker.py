@@ -2,7 +2,8 @@
 
 With a memory budget, a watchdog thread ends the cell as soon as memory above the
 baseline crosses the budget, printing an ``oom`` record first. The worker dies with the
-process that launched it (``bench.launch.lifeline``), armed before torch is imported.
+process that launched it (``bench.launch.lifeline``), armed before torch is imported. With
+``$VIPERBENCH_THREADS`` set, torch runs on that many threads.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ def _emit(record: dict) -> None:
 
 def main() -> int:
     die_with_parent()
+    from bench.launch.process import THREADS_ENV
+
+    if os.environ.get(THREADS_ENV):
+        import torch
+
+        torch.set_num_threads(int(os.environ[THREADS_ENV]))
     from bench.errors import UserError
     from bench.measure.meters import BudgetWatchdog, MemoryMeter
     from bench.records import environment, make_record
