@@ -44,8 +44,9 @@ def test_added_work_in_the_head_fails_and_names_the_op(tmp_path, matrix):
     head = copy_of_the_code(tmp_path / "head")
     generate = head / "bench" / "engine" / "generate.py"
     generate.write_text(generate.read_text().replace(
-        "            token = decode_step(backbone, token, seq)",
-        "            torch.ones(4, 4).sum()\n            token = decode_step(backbone, token, seq)"))
+        "            token = step(backbone, token, seq).argmax(-1, keepdim=True)",
+        "            torch.ones(4, 4).sum()\n            token = step(backbone, token, seq).argmax(-1, keepdim=True)"))
+    assert "torch.ones(4, 4)" in generate.read_text()  # the injected op reached the decode loop
     out = tmp_path / "ab.jsonl"
     proc = ab(str(matrix), "--base", "HEAD", "--head", str(head), "--pairs", "2", "--tolerance", "50%",
               "--output", str(out))  # the base a revision (exported), the head a directory

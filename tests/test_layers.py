@@ -32,10 +32,8 @@ CONTRACT = [
     (6, "plugins",        "architectures compressors tasks"),  # registries of models, compressors, workloads
     (7, "base",           "bench bench.errors bench.registry bench.flags bench.stats bench.metrics bench.cache"),
 ]
-# cycles between modules that the contract tolerates for now
-KNOWN_CYCLES = [
-    {"bench.launch.process", "bench.launch.ray_cluster"},  # bench.launch: cycle removed by the launcher rewrite
-]
+# cycles between modules that the contract tolerates (none)
+KNOWN_CYCLES: list[set[str]] = []
 # Rooms whose code never imports torch, not even lazily, nor through what it imports. What it imports may
 # import torch lazily only where named here: the measuring side calls these, reporting never does.
 TORCH_FREE = ("reporting",)
