@@ -60,3 +60,21 @@ def finish(records: list[dict], output: str | None, table_file=None) -> int:
 
 def split(text: str) -> list[str]:
     return [k.strip() for k in text.split(",") if k.strip()]
+
+
+# a document's cell (eval, flow): the own vision tower, 16 frames, one untimed pass
+TASK_CELL_DEFAULTS = {"vision": "siglip", "frames": 16, "warmup": 0, "repeats": 1}
+
+
+def task_data(spec, data: str | None, command: str) -> tuple[str, str]:
+    """The task's data directory and how a record names it: ``--data``, or the data a generating task
+    (V-NIAH) makes from the cell's seed."""
+    if data is not None:
+        return data, data
+    from bench.errors import UserError
+    from tasks import TASKS
+
+    task = TASKS.get(spec.task)
+    if not getattr(task, "generates_data", False):
+        raise UserError(f"{command} --task {spec.task} needs --data DIR (the dataset in its official layout)")
+    return task.default_data(spec.seed), f"{spec.task} generated from seed {spec.seed}"

@@ -7,7 +7,7 @@ import json
 
 from bench import flags
 from bench.errors import UserError
-from bench.cli.common import CELL_LABELS, add_cell_flags, cell_values
+from bench.cli.common import CELL_LABELS, TASK_CELL_DEFAULTS, add_cell_flags, cell_values, task_data
 
 
 def add_commands(sub) -> None:
@@ -48,21 +48,13 @@ def cmd_eval(args) -> int:
     from bench.spec import make_spec
 
     knockout = parse_knockout(args.knockout) if args.knockout is not None else None
-    values = {"vision": "siglip", "frames": 16, "warmup": 0, "repeats": 1, **cell_values(args)}
+    values = {**TASK_CELL_DEFAULTS, **cell_values(args)}
     if not values.get("task") or values["task"] == "synthetic":
         raise UserError("eval needs --task (videomme, charades, vdc, vniah)")
     spec = make_spec(values, CELL_LABELS)
-    data = args.data
-    if data is None:
-        from tasks import TASKS
-
-        task = TASKS.get(spec.task)
-        if not getattr(task, "generates_data", False):
-            raise UserError(f"eval --task {spec.task} needs --data DIR (the dataset in its official layout)")
-        data = task.default_data(spec.seed)
-    label = None if args.data else f"{spec.task} generated from seed {spec.seed}"
-    record = evaluate(spec, data, data_label=label, judge=args.judge, subtitles=args.subtitles, limit=args.limit,
-                      fps=args.fps, fidelity=args.fidelity, log=args.log, output=args.output, knockout=knockout)
+    data, label = task_data(spec, args.data, "eval")
+    record = evaluate(spec, data, data_label=None if args.data else label, judge=args.judge, subtitles=args.subtitles,
+                      limit=args.limit, fps=args.fps, fidelity=args.fidelity, log=args.log, output=args.output, knockout=knockout)
     print(json.dumps(record["task"]))
     return 0
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 
 from bench import flags
-from bench.cli.common import CELL_FLAGS, CELL_LABELS, split
+from bench.cli.common import CELL_FLAGS, CELL_LABELS, TASK_CELL_DEFAULTS, split, task_data
 from bench.errors import UserError
 
 # the cell settings a probe run takes (one value each)
 FLOW_CELL = ("arch", "preset", "checkpoint", "frames", "tokens_per_frame", "vision", "device", "dtype", "task",
-             "prefill_chunk", "seed")
+             "prefill_chunk", "seed", "decoder")
 
 
 def add_commands(sub) -> None:
@@ -40,20 +40,13 @@ def cmd_flow(args) -> int:
     if args.probe != "knockout" and (args.window is not None or args.edges is not None):
         raise UserError(f"--window and --edges belong to --probe knockout, not {args.probe}")
     given = {k: getattr(args, k) for k in FLOW_CELL if getattr(args, k) is not None}
-    values = {"vision": "siglip", "frames": 16, "warmup": 0, "repeats": 1, **given}
+    values = {**TASK_CELL_DEFAULTS, **given}
     if values.get("task") not in TASKS:
         raise UserError(f"flow needs --task {' or '.join(TASKS)} (got {values.get('task')!r})")
     spec = make_spec(values, CELL_LABELS)
     check_device(spec)
     edges = _edges(args.edges) if args.probe == "knockout" else []
-    data = args.data
-    if data is None:
-        from tasks import TASKS as REGISTRY
-
-        task_class = REGISTRY.get(spec.task)
-        if not getattr(task_class, "generates_data", False):
-            raise UserError(f"flow --task {spec.task} needs --data DIR (the dataset in its official layout)")
-        data = task_class.default_data(spec.seed)
+    data, label = task_data(spec, args.data, "flow")
     task = make_task(spec.task, data)
     docs = task.docs()[:args.limit] if args.limit else task.docs()
     if not docs:
@@ -62,7 +55,7 @@ def cmd_flow(args) -> int:
         from bench.records import check_writable
 
         check_writable(args.output)
-    return _run(spec, args, task, docs, data, edges)
+    return _run(spec, args, task, docs, data, label, edges)
 
 
 def _edges(text: str | None) -> list[str]:
@@ -77,9 +70,10 @@ def _edges(text: str | None) -> list[str]:
     return edges
 
 
-def _run(spec, args, task, docs, data: str, edges: list[str]) -> int:
+def _run(spec, args, task, docs, data: str, label: str, edges: list[str]) -> int:
     from architectures.tokenizer import tokenizer_for
     from bench.measure.runner import build_model
+    from bench.engine.own_layout import sampling_label
     from bench.probes.prompts import prepare
     from bench.probes.run import PROBES, flow_record, summary
     from bench.records import append_record
@@ -91,17 +85,17 @@ def _run(spec, args, task, docs, data: str, edges: list[str]) -> int:
     for k, doc in enumerate(docs):
         try:
             pdocs.append(prepare(model.backbone, model.vision, model.compressor, doc, tok, frames=spec.frames,
-                                 fps=args.fps, seed=spec.seed + k, tokens_per_frame=spec.tokens_per_frame))
+                                 fps=args.fps, seed=spec.seed + k, tokens_per_frame=spec.tokens_per_frame,
+                                 decoder=spec.decoder))
         except VideoError as exc:
             print(f"warning: document {doc.id}: {exc}; left out", file=sys.stderr)
     if not pdocs:
         raise UserError(f"no document of {data} could be decoded")
     result = PROBES[args.probe](model.backbone, pdocs, tok, window=args.window or 1, edges=edges,
                                 chunk=spec.prefill_chunk)
-    sampling = f"{args.fps} fps, at most {spec.frames} frames" if args.fps else f"{spec.frames} frames, uniform"
-    label = data if args.data else f"{spec.task} generated from seed {spec.seed}"
     record = flow_record(spec.to_dict(), spec.device, args.probe, result, task=task.name, data=label,
-                         n=len(pdocs), n_total=len(docs), sampling=sampling, tokenizer=tok.name)
+                         n=len(pdocs), n_total=len(docs), sampling=sampling_label(spec.frames, args.fps),
+                         tokenizer=tok.name)
     print(summary(args.probe, result))
     if args.output:
         append_record(args.output, record)

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from bench.engine.own_layout import (decode_clip, prompt_embeds, prompt_state, sampling_label,
+                                     vision_tokens)
 from bench.errors import UserError
 from bench.measure.meters import StageTimer
 from bench.records import append_record, check_writable, environment, make_record
@@ -73,33 +75,16 @@ def _generate(bb, compressor, vision: torch.Tensor, prompt_ids: list[int], tok, 
     from architectures.knockout import edges_off
     from bench.engine.generate import generate
 
-    device = vision.device
-    bos = torch.tensor([[tok.bos_id]], device=device)
-    prompt = torch.tensor([prompt_ids], device=device)
-    embeds = torch.cat([bb.embed(bos), vision.to(bb.dtype), bb.embed(prompt)], dim=1)
-    span = (1, 1 + vision.shape[1])
+    embeds, span = prompt_embeds(bb, vision, prompt_ids, tok.bos_id)
     if knockout is None:
         gen = generate(bb, embeds, max_new_tokens=max_new, eos_id=tok.eos_id, compressor=compressor,
                        vision=span, chunk=chunk, timer=timer)
         return gen.ids(), gen.first_logits[0], gen.kept, None
-    state = _own_layout_state(embeds, span, n_frames)
+    state = prompt_state(embeds, span, n_frames)
     off = edges_off(knockout, state, bb.layer_kinds())
     gen = generate(bb, max_new_tokens=max_new, eos_id=tok.eos_id, compressor=compressor, state=state,
                    chunk=chunk, timer=timer, knockout=knockout)
     return gen.ids(), gen.first_logits[0], gen.kept, off
-
-
-def _own_layout_state(embeds: torch.Tensor, span: tuple[int, int], n_frames: int):
-    """The own layout's token state, with frame indices when the vision tokens split evenly into frames."""
-    from architectures.tokens import TokenState
-
-    state = TokenState.for_prompt(embeds, span)
-    n = span[1] - span[0]
-    if n_frames and n % n_frames == 0:
-        frames = torch.full((state.length,), -1, dtype=torch.long, device=embeds.device)
-        frames[span[0]:span[1]] = torch.arange(n_frames, device=embeds.device).repeat_interleave(n // n_frames)
-        state.frames = frames
-    return state
 
 
 def _kl(ref_first: torch.Tensor, first: torch.Tensor) -> float:
@@ -111,17 +96,10 @@ def _kl(ref_first: torch.Tensor, first: torch.Tensor) -> float:
 def _own_layout_doc(bb, compressor, reference, clip, prompt: str, max_new: int, tok, chunk, timer, *,
                     vision_side, seed: int, tokens_per_frame: int, knockout=None):
     """The own layout: vision side (or random vision embeddings), then [BOS][video][chat-templated prompt]."""
-    frames = clip.frames
     with torch.inference_mode():
         with timer.stage("vision_s"):
-            compressor.reset()
-            if vision_side is not None:
-                compressor.new_video()
-                tokens = vision_side(frames, compressor)
-            else:
-                gen = torch.Generator().manual_seed(seed)
-                tokens = torch.randn(frames.shape[0], tokens_per_frame, bb.hidden_size, generator=gen) * 0.02
-            tokens = tokens.to(bb.device, bb.dtype)[None]  # [1, frames, tokens per frame, hidden]
+            tokens = vision_tokens(bb, vision_side, compressor, clip.frames, seed=seed,
+                                   tokens_per_frame=tokens_per_frame)
             vision = compressor.after_projector(tokens)
         prompt_ids = tok.encode_prompt(prompt)
         ids, first, kept, off = _generate(bb, compressor, vision, prompt_ids, tok, max_new, chunk, timer,
@@ -165,7 +143,7 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
     from architectures.tokenizer import tokenizer_for
     from bench.measure.runner import build_model
     from compressors.base import make_compressor
-    from tasks.video import VideoError, load_frames
+    from tasks.video import VideoError
 
     check_device(spec)
     task = make_task(spec.task, data_dir, judge=judge, subtitles=subtitles)
@@ -188,11 +166,8 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
         try:
             timer = StageTimer(spec.device)
             with timer.stage("decode_video_s"):
-                video = Path(doc.video)  # the task's path, already under its data directory
-                # a real video LLM's processor resizes the frames itself
-                size = None if bb.takes_frames else vision_side.image_size if vision_side is not None else 32
-                clip = (load_frames(video, fps=fps, max_frames=spec.frames, size=size, decoder=spec.decoder) if fps
-                        else load_frames(video, frames=spec.frames, size=size, decoder=spec.decoder))
+                # the task's path, already under its data directory
+                clip = decode_clip(bb, vision_side, doc.video, frames=spec.frames, fps=fps, decoder=spec.decoder)
             max_new = task.max_new_tokens_for(doc) if hasattr(task, "max_new_tokens_for") else task.max_new_tokens
             run_doc = _video_llm_doc if bb.takes_frames else _own_layout_doc
             ids, first, kept, tokens_in, ref, off = run_doc(bb, compressor, reference, clip, doc.prompt, max_new,
@@ -230,8 +205,7 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
     record = make_record(spec.to_dict(), environment(spec.device, spec.decoder), metrics=run_metrics, kind="eval",
                          task={"name": task.name, "metrics": metrics, "n": metrics.get("n", 0),
                                "n_total": len(docs), "data": data_label or str(data_dir), "tokenizer": tok.name,
-                               "sampling": f"{fps} fps, at most {spec.frames} frames" if fps
-                               else f"{spec.frames} frames, uniform", **knocked})
+                               "sampling": sampling_label(spec.frames, fps), **knocked})
     if output:
         append_record(output, record)
     return record

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 
 from architectures.tokenizer import ByteTokenizer
 from architectures.tokens import TokenState
+from bench.engine.own_layout import decode_clip, prompt_embeds, prompt_state, vision_tokens
 from bench.errors import UserError
 from tasks.base import Doc
 
@@ -38,38 +38,24 @@ class ProbeDoc:
 
 def own_layout(backbone, vision_side, compressor, frames: torch.Tensor, prompt: str, tok, *, seed: int,
                tokens_per_frame: int) -> tuple[TokenState, list[int]]:
-    """The evaluator's own layout as a token state: [BOS][video][prompt], frames of the vision tokens."""
+    """The evaluator's own layout as a token state: [BOS][video][prompt], frames of the vision tokens.
+    ``compressor`` None: no compressor (the probes' own passes)."""
+    if compressor is None:
+        from compressors.base import make_compressor
+
+        compressor = make_compressor("none")
     with torch.inference_mode():
-        if vision_side is not None:
-            compressor.reset()
-            compressor.new_video()
-            tokens = vision_side(frames, compressor)
-        else:
-            gen = torch.Generator().manual_seed(seed)
-            tokens = torch.randn(frames.shape[0], tokens_per_frame, backbone.hidden_size, generator=gen) * 0.02
-        tokens = tokens.to(backbone.device, backbone.dtype)[None]  # [1, frames, tokens per frame, hidden]
-        video = tokens.flatten(1, 2)
+        tokens = vision_tokens(backbone, vision_side, compressor, frames, seed=seed, tokens_per_frame=tokens_per_frame)
         prompt_ids = tok.encode_prompt(prompt)
-        dev = backbone.device
-        embeds = torch.cat([backbone.embed(torch.tensor([[tok.bos_id]], device=dev)), video,
-                            backbone.embed(torch.tensor([prompt_ids], device=dev))], dim=1)
-    n_frames, per = tokens.shape[1], tokens.shape[2]
-    state = TokenState.for_prompt(embeds, (1, 1 + n_frames * per))
-    frame_of = torch.full((state.length,), -1, dtype=torch.long, device=dev)
-    frame_of[1:1 + n_frames * per] = torch.arange(n_frames, device=dev).repeat_interleave(per)
-    state.frames = frame_of
-    return state, [tok.bos_id, *([-1] * (n_frames * per)), *prompt_ids]
+        embeds, span = prompt_embeds(backbone, compressor.after_projector(tokens), prompt_ids, tok.bos_id)
+    state = prompt_state(embeds, span, tokens.shape[1])
+    return state, [tok.bos_id, *([-1] * (span[1] - span[0])), *prompt_ids]
 
 
 def prepare(backbone, vision_side, compressor, doc: Doc, tok, *, frames: int, fps: float | None, seed: int,
-            tokens_per_frame: int) -> ProbeDoc:
+            tokens_per_frame: int, decoder: str) -> ProbeDoc:
     """Decode the document's video as ``eval`` does and build its prompt state."""
-    from tasks.video import load_frames
-
-    size = None if backbone.takes_frames else vision_side.image_size if vision_side is not None else 32
-    video = Path(doc.video)
-    clip = (load_frames(video, fps=fps, max_frames=frames, size=size) if fps
-            else load_frames(video, frames=frames, size=size))
+    clip = decode_clip(backbone, vision_side, doc.video, frames=frames, fps=fps, decoder=decoder)
     if backbone.takes_frames:
         with torch.inference_mode():
             compressor.reset()
