@@ -98,12 +98,10 @@ def lines(path: Path) -> list[dict]:
 
 
 def per_document(samples: list[dict]) -> dict:
-    """lmms-eval's samples (as it returns them, or as its samples file keeps them) -> {question_id: (prompt,
-    output, score)}."""
-    return {s["videomme_perception_score"]["question_id"]: (
-        s["input"] if "input" in s else s["arguments"][0],
-        s["resps"][0][0] if "resps" in s else s["filtered_resps"], s["videomme_perception_score"]["score"])
-        for s in samples}
+    """lmms-eval's samples, as it returns them -> {question_id: (prompt, output, score)}."""
+    return {s["videomme_perception_score"]["question_id"]: (s["arguments"][0], s["resps"][0][0],
+                                                            s["videomme_perception_score"]["score"])
+            for s in samples}
 
 
 def viperbench_eval(data: Path, log: Path, **cell) -> dict:
@@ -121,8 +119,11 @@ def test_lmms_eval_videomme_equals_viperbench_eval_through_the_command_line(loca
     assert code == 0, capsys.readouterr().err
     samples = [json.loads(line) for f in out.rglob("*_samples_videomme_local.jsonl") for line in f.open()]
     ours = viperbench_eval(local["data"], tmp_path / "eval.jsonl", arch="hybrid", preset="tiny")
-    assert per_document(samples) == ours and len(ours) == 3
-    docs = lines(out / "viperbench_docs.jsonl")  # next to lmms-eval's samples: token counts and stage times
+    docs = lines(out / "viperbench_docs.jsonl")  # next to lmms-eval's samples: outputs, token counts, stage times
+    # the samples file keeps the output as lmms-eval filters it (whitespace stripped); the log keeps it whole
+    assert {s["videomme_perception_score"]["question_id"]: (s["input"], d["output"], s["videomme_perception_score"]
+                                                             ["score"]) for s, d in zip(samples, docs)} == ours
+    assert [s["filtered_resps"] for s in samples] == [d["output"].strip() for d in docs] and len(ours) == 3
     assert [d["error"] for d in docs] == [None] * 3 and all(d["timings"]["prefill_s"] > 0 for d in docs)
     assert all(s["token_counts"][0]["input_tokens"] == d["tokens_in"] for s, d in zip(samples, docs))
     (record,) = lines(out / "viperbench.jsonl")
@@ -223,3 +224,15 @@ def test_local_task_needs_its_annotations(tmp_path):
         write_local_task("videomme", str(tmp_path), str(tmp_path / "out"))
     with pytest.raises(UserError, match="no local lmms-eval task 'mlvu'"):
         write_local_task("mlvu", str(tmp_path), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("output, same", [("A", True), ("B.", True), ("(C) blue", True), ("The answer is D", True),
+                                          ("d", False), ("Because it is red", False)])
+def test_answer_extraction_against_lmms_evals(output, same):
+    """Where the letter read from an output agrees with lmms-eval's videomme and where it differs by design."""
+    from lmms_eval.tasks._task_utils.mcq_extract import extract_mcq_answer
+
+    from tasks.videomme import VideoMME
+
+    ours = VideoMME(".").parse(output)
+    assert (ours == extract_mcq_answer(output, choices=list("ABCD"))) is same
