@@ -187,7 +187,7 @@ def test_images_several_videos_and_loglikelihood_are_refused(tmp_path):
 
     model = ViperbenchLMMS.create_from_arg_string("arch=hybrid,preset=tiny,frames=2", {"device": "cpu"})
     model.task_dict = {"t": {"test": [{"v": 0}]}}
-    for visuals, needle in [([Image.new("RGB", (8, 8))], "has a Image, not a video path"),
+    for visuals, needle in [([Image.new("RGB", (8, 8))], r"has an image or other visual \(Image\)"),
                             (["a.mp4", "b.mp4"], "has 2 visuals"), ([], "has no video")]:
         with pytest.raises(UserError, match=needle):
             model._answer("Q", {}, lambda doc, v=visuals: v, 0, "t", "test")

@@ -94,7 +94,7 @@ class ViperbenchLMMS(lmms):
         visuals = [] if visuals is None else list(visuals)
         if len(visuals) != 1 or not isinstance(visuals[0], str):
             what = "no video" if not visuals else f"{len(visuals)} visuals" if len(visuals) > 1 else \
-                f"a {type(visuals[0]).__name__}, not a video path"
+                f"an image or other visual ({type(visuals[0]).__name__}), not a video path"
             raise UserError(f"--model viperbench: task {task!r} document {doc_id} has {what}; "
                             "one video per document only")
         return visuals[0]
