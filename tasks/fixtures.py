@@ -147,6 +147,7 @@ def make_videomme(root, *, videos: int = 2, seconds: float = 3, seed: int = 0) -
     root = os.fspath(root)
     rng = random.Random(seed)
     domains = ("Knowledge", "Film & Television", "Sports Competition", "Life Record")
+    sub_categories = ("Geography", "Documentary", "Football", "Daily Life")  # one of each domain's, as lmms-eval knows them
     tasks = ("Object Recognition", "Action Recognition", "Counting Problem", "Temporal Perception")
     rows = {name: [] for name in ("video_id", "videoID", "url", "question_id", "duration", "domain",
                                   "sub_category", "task_type", "question", "options", "answer")}
@@ -170,7 +171,7 @@ def make_videomme(root, *, videos: int = 2, seconds: float = 3, seed: int = 0) -
             rows["question_id"].append(f"{video_id}-{q + 1}")
             rows["duration"].append(DURATIONS[v % len(DURATIONS)])
             rows["domain"].append(domains[v % len(domains)])
-            rows["sub_category"].append("Synthetic")
+            rows["sub_category"].append(sub_categories[v % len(domains)])
             rows["task_type"].append(tasks[q % len(tasks)])
             rows["question"].append(f"Which colour of square appears in the video? (question {q + 1})")
             rows["options"].append([f"{letter}. {label}" for letter, label in zip("ABCD", labels)])

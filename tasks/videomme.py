@@ -79,7 +79,7 @@ def _read_table(path: Path) -> list[dict]:
     return read_parquet(path, REQUIRED_COLUMNS, "Video-MME")
 
 
-def _video_path(root: Path, video_id: str) -> str:
+def video_path(root: Path, video_id: str) -> str:
     """``DIR/data/{videoID}.mp4``, or the .MP4/.mkv file that exists instead (as lmms-eval accepts)."""
     path = root / "data" / f"{video_id}.mp4"
     if not path.exists():
@@ -126,7 +126,7 @@ class VideoMME(LetterTask):
             fields["videoID"] = video_id
             docs.append(Doc(
                 id=str(row["question_id"]),
-                video=_video_path(self.data_dir, video_id),
+                video=video_path(self.data_dir, video_id),
                 prompt=build_prompt(str(row["question"]), options, subs),
                 target=str(row["answer"]).strip().upper(),
                 fields=fields,

@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lm-eval"]:  # every later flag is lm-eval's own: no parsing here
         args = argparse.Namespace(command="lm-eval", args=argv[1:], handler=evaluation.cmd_lm_eval)
+    elif argv[:1] == ["lmms-eval"]:  # the same for lmms-eval
+        args = argparse.Namespace(command="lmms-eval", args=argv[1:], handler=evaluation.cmd_lmms_eval)
     else:
         try:
             args = build_parser().parse_args(argv)

@@ -1,4 +1,4 @@
-"""Accuracy: evaluate on a task's local data, score saved predictions, lm-eval's command line."""
+"""Accuracy: evaluate on a task's local data, score saved predictions, lm-eval's and lmms-eval's command lines."""
 
 from __future__ import annotations
 
@@ -41,6 +41,17 @@ def add_commands(sub) -> None:
     p.add_argument("args", nargs=argparse.REMAINDER, help="lm-eval's own flags, e.g. --model viperbench ...")
     p.set_defaults(handler=cmd_lm_eval)
 
+    p = sub.add_parser("lmms-eval", add_help=False,
+                       help="lmms-eval's command line with the viperbench model registered (extra `lmms`)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="lmms-eval's own flags, e.g. --model viperbench ...")
+    p.set_defaults(handler=cmd_lmms_eval)
+
+    p = sub.add_parser("lmms-task", help="an lmms-eval task on a local copy of its data (an --include_path folder)")
+    p.add_argument("task", help="videomme")
+    p.add_argument("--data", required=True, help="the data directory, in the layout `eval --task TASK` reads")
+    p.add_argument("--out", required=True, help="write the task here; give it to lmms-eval as --include_path")
+    p.set_defaults(handler=cmd_lmms_task)
+
 
 def cmd_eval(args) -> int:
     from architectures.knockout import parse_knockout
@@ -73,3 +84,22 @@ def cmd_lm_eval(args) -> int:
     except ModuleNotFoundError as exc:
         raise UserError(f"lm-eval is not installed ({exc.name}): pip install -e '.[eval]'") from None
     return lm_eval_main(args.args)
+
+
+def _lmms(module: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise UserError(f"lmms-eval is not installed ({exc.name}): pip install -e '.[lmms]'") from None
+
+
+def cmd_lmms_eval(args) -> int:
+    return _lmms("bench.evaluation.lmms_model").main(args.args)
+
+
+def cmd_lmms_task(args) -> int:
+    path = _lmms("bench.evaluation.lmms_tasks").write_local_task(args.task, args.data, args.out)
+    print(json.dumps({"task": path.stem, "include_path": str(path.parent)}))
+    return 0

@@ -25,6 +25,7 @@ import inspect
 import json
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,6 +137,42 @@ def _video_llm_doc(bb, compressor, reference, clip, prompt: str, max_new: int, t
     return gen.ids(), gen.first_logits[0], gen.kept, encoded.input_ids.shape[1], ref, off
 
 
+@dataclass
+class DocRun:
+    """One document through the model: generated ids, the first token's logits, tokens kept by the compressor,
+    tokens entering the LLM, the uncompressed reference (ids, first logits) or None, the fraction of attention
+    edges knocked out or None, and the stage times (with ``new_tokens``)."""
+
+    ids: list[int]
+    first: torch.Tensor
+    kept: int
+    tokens_in: int
+    ref: tuple | None
+    off: float | None
+    timings: dict
+
+
+def run_document(spec: CellSpec, model, tok, video: str, prompt: str, max_new: int, *, fps: float | None = None,
+                 seed: int = 0, reference=None, knockout=None) -> DocRun:
+    """Decode ``video``'s sampled frames, then the prompt through the real family's processor or the own
+    layout, and the one generate loop with the cell's compressor; ``eval`` and the lmms-eval model share it."""
+    bb, vision_side = model.backbone, model.vision
+    timer = StageTimer(spec.device)
+    with timer.stage("decode_video_s"):
+        clip = decode_clip(bb, vision_side, video, frames=spec.frames, fps=fps, decoder=spec.decoder)
+    run_doc = _video_llm_doc if bb.takes_frames else _own_layout_doc
+    ids, first, kept, tokens_in, ref, off = run_doc(bb, model.compressor, reference, clip, prompt, max_new, tok,
+                                                    spec.prefill_chunk, timer, vision_side=vision_side, seed=seed,
+                                                    tokens_per_frame=spec.tokens_per_frame, knockout=knockout)
+    return DocRun(ids, first, kept, tokens_in, ref, off, {**timer.times, "new_tokens": len(ids)})
+
+
+def mean_stage_times(timings: list[dict]) -> dict:
+    """The run's metrics: each stage's mean time over the documents that ran."""
+    return {k: statistics.fmean(t[k] for t in timings) for k in
+            ("decode_video_s", "vision_s", "prefill_s", "decode_s")} if timings else {}
+
+
 def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitles: bool = False,
              limit: int | None = None, fps: float | None = None, fidelity: bool = False,
              log: str | None = None, output: str | None = None, data_label: str | None = None,
@@ -154,7 +191,7 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
         if path:
             check_writable(path)
     model = build_model(spec)
-    bb, vision_side, compressor = model.backbone, model.vision, model.compressor
+    bb = model.backbone
     if knockout is not None:
         knockout.layer_set(bb.num_layers, bb.layer_kinds())  # its range fits this model, before any document
     reference = make_compressor("none") if fidelity else None
@@ -164,16 +201,11 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
     for k, doc in enumerate(docs):
         entry = {"id": doc.id, "prompt": doc.prompt, "output": None, "parsed": None, "score": None, "error": None}
         try:
-            timer = StageTimer(spec.device)
-            with timer.stage("decode_video_s"):
-                # the task's path, already under its data directory
-                clip = decode_clip(bb, vision_side, doc.video, frames=spec.frames, fps=fps, decoder=spec.decoder)
             max_new = task.max_new_tokens_for(doc) if hasattr(task, "max_new_tokens_for") else task.max_new_tokens
-            run_doc = _video_llm_doc if bb.takes_frames else _own_layout_doc
-            ids, first, kept, tokens_in, ref, off = run_doc(bb, compressor, reference, clip, doc.prompt, max_new,
-                                                            tok, spec.prefill_chunk, timer, vision_side=vision_side,
-                                                            seed=spec.seed + k,
-                                                            tokens_per_frame=spec.tokens_per_frame, knockout=knockout)
+            run = run_document(  # the task's video path, already under its data directory
+                spec, model, tok, doc.video, doc.prompt, max_new, fps=fps, seed=spec.seed + k,
+                reference=reference, knockout=knockout)
+            ids, first, ref, off = run.ids, run.first, run.ref, run.off
             if off is not None:
                 entry["edges_off"] = off
                 offs.append(off)
@@ -184,8 +216,7 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
                 agreement.append(task.parse(tok.decode(ref[0])) == parsed)
             entry["parsed"] = _jsonable(parsed)
             entry["score"] = task.score(doc, parsed)
-            entry.update(tokens_in=tokens_in, tokens_after_compression=kept,
-                         timings={**timer.times, "new_tokens": len(ids)})
+            entry.update(tokens_in=run.tokens_in, tokens_after_compression=run.kept, timings=run.timings)
             timings.append(entry["timings"])
             scores.append(entry["score"])
         except (VideoError, RuntimeError, ValueError) as exc:
@@ -198,8 +229,7 @@ def evaluate(spec: CellSpec, data_dir: str, *, judge: str | None = None, subtitl
     if fidelity and kls:
         metrics["fidelity/agreement"] = 100.0 * sum(agreement) / len(agreement)
         metrics["fidelity/kl_first_token"] = statistics.fmean(kls)
-    run_metrics = {k: statistics.fmean(t[k] for t in timings) for k in
-                   ("decode_video_s", "vision_s", "prefill_s", "decode_s")} if timings else {}
+    run_metrics = mean_stage_times(timings)
     knocked = {} if knockout is None else {"knockout": str(knockout),
                                            "edges_off": statistics.fmean(offs) if offs else None}
     record = make_record(spec.to_dict(), environment(spec.device, spec.decoder), metrics=run_metrics, kind="eval",

@@ -27,31 +27,14 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from bench.errors import UserError
+from bench.evaluation import model_args
 
-# model_args key -> its type; ints also have a least value.
-MODEL_ARGS = {"arch": str, "preset": str, "checkpoint": str, "compressor": str, "device": str, "dtype": str,
-              "prefill_chunk": int, "max_length": int, "seed": int}
-LEAST = {"prefill_chunk": 1, "max_length": 1, "seed": 0}
+MODEL_ARGS = {**model_args.CELL_ARGS, "max_length": int}
 
 
 def check_model_args(args: dict) -> dict:
     """lm-eval's parsed ``model_args`` -> the constructor's keywords; unknown keys and wrong types are one line."""
-    unknown = [k for k in args if k not in MODEL_ARGS]
-    if unknown:
-        raise UserError(f"unknown model_args key(s) {', '.join(map(repr, unknown))} for --model viperbench; "
-                        f"valid: {', '.join(MODEL_ARGS)}")
-    out = {}
-    for key, value in args.items():
-        if value is None or value == "":
-            continue
-        if MODEL_ARGS[key] is int:
-            if isinstance(value, bool) or not isinstance(value, int) or value < LEAST[key]:
-                raise UserError(f"model_args {key}={value!r}: must be an integer >= {LEAST[key]}")
-        elif isinstance(value, bool):
-            raise UserError(f"model_args {key}={value!r}: must be a name or a path")
-        out[key] = MODEL_ARGS[key](value)
-    return out
+    return model_args.check(args, MODEL_ARGS)
 
 
 @register_model("viperbench")
@@ -64,10 +47,10 @@ class ViperbenchLM(LM):
         from bench.measure.runner import build_model
         from bench.spec import check_device, make_spec
 
-        values = {"arch": arch, "preset": None if checkpoint else preset, "checkpoint": checkpoint,
-                  "compressor": str(compressor).replace(";", ","), "device": str(device or "cpu"), "dtype": dtype,
-                  "prefill_chunk": prefill_chunk, "seed": seed}
-        spec = make_spec({k: v for k, v in values.items() if v is not None})
+        values = model_args.cell_values({"arch": arch, "preset": preset, "checkpoint": checkpoint,
+                                         "compressor": compressor, "device": str(device or "cpu"),
+                                         "dtype": dtype, "prefill_chunk": prefill_chunk, "seed": seed})
+        spec = make_spec(values)
         check_device(spec)
         model = build_model(spec)
         self.backbone, self.compressor, self.spec = model.backbone, model.compressor, spec
@@ -78,10 +61,7 @@ class ViperbenchLM(LM):
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "ViperbenchLM":
         from lm_eval.utils import simple_parse_args_string
 
-        try:
-            args = simple_parse_args_string(arg_string)
-        except (ValueError, IndexError) as exc:
-            raise UserError(f"malformed --model_args {arg_string!r} ({exc}): write key=value,key=value") from None
+        args = model_args.parse(arg_string, simple_parse_args_string)
         return cls.create_from_arg_obj(args, additional_config)
 
     @classmethod
