@@ -112,23 +112,27 @@ def test_state_bytes_equal_the_cache_a_real_prefill_allocates(arch, dtype):
 @pytest.mark.slow
 def test_gpu_path_predicts_less_than_the_reference_mamba_code():
     spec = make_spec(dict(arch="hybrid", preset="small", frames=256, device="cuda", new_tokens=2))
-    kernels = predict_pass(spec, target="gpu", mamba="mamba-ssm")
+    kernels = predict_pass(spec, target="gpu", mamba="mamba-ssm", autotune=False)
     reference = predict_pass(spec, target="gpu", mamba="torch")
     assert kernels["parts"]["weights_bytes"] == reference["parts"]["weights_bytes"]
     assert kernels["peak_bytes"] < reference["peak_bytes"]
 
 
 @pytest.mark.slow
-def test_closed_form_chunk_scan_equals_mamba_ssm_wrappers(monkeypatch):
+def test_closed_forms_equal_mamba_ssm_wrappers(monkeypatch):
     import bench.predict.gpu_kernels as gk
 
     if gk._mamba_ssm()[0] is None:
         pytest.skip("mamba-ssm's wrappers are not importable here")
     spec = make_spec(dict(arch="mamba", preset="small", frames=100, device="cuda", new_tokens=1))
-    counted = predict_pass(spec, target="gpu")
+    counted = predict_pass(spec, target="gpu", autotune=False)
+    tuned = predict_pass(spec, target="gpu")
     monkeypatch.setattr(gk, "_mamba_ssm", lambda: (None, "closed form"))
-    closed = predict_pass(spec, target="gpu")
+    closed = predict_pass(spec, target="gpu", autotune=False)
     assert counted["stages"]["prefill_peak_bytes"] == closed["stages"]["prefill_peak_bytes"]
+    # the autotuner's 256 MiB buffer, alive at the first call of each autotuned kernel, dominates a small model
+    extra = tuned["stages"]["prefill_peak_bytes"] - counted["stages"]["prefill_peak_bytes"]
+    assert 0 < extra <= gk.AUTOTUNE_BUFFER_BYTES
 
 
 def test_predict_command_prints_predicted_numbers_and_records(tmp_path, capsys):

@@ -96,7 +96,7 @@ def _register(tracker: LiveBytes, module) -> int:
     return sum(tracker.add(t) for t in (*module.parameters(), *module.buffers()))
 
 
-def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm") -> dict:
+def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm", autotune: bool = True) -> dict:
     """Peak allocated bytes of one pass of ``spec`` (as ``bench.measure.runner.one_pass`` runs it), by part."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -162,7 +162,7 @@ def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm") -> dict
 
         backbone.embed = tracked_embed
         tracker.peak = tracker.live
-        kernels = gpu_kernels(mamba) if target == "gpu" else nullcontext()
+        kernels = gpu_kernels(mamba, autotune) if target == "gpu" else nullcontext()
         steps = min(spec.new_tokens, 2)
         with kernels, tracker:
             result = one_pass(run_spec.replace(new_tokens=steps), Model(backbone, None, compressor), request)
