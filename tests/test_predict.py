@@ -204,4 +204,15 @@ def test_context_margin_zero_is_a_margin_and_the_header_names_the_overrides(caps
     assert main(["predict", "--arch", "hybrid", "--preset", "tiny", "--frames", "8", "--new-tokens", "2",
                  "--no-max-frames", "--json"]) == 0
     gpu = json.loads(capsys.readouterr().out)["metrics"]["gpu"]
-    assert gpu["source"] == "spec sheet" and gpu["overridden"] == []
+    assert gpu["overridden"] == [] and gpu["memory_bytes"] == 81089 * 2**20  # what CUDA reports, not 80 GiB
+    assert gpu["source"] == f"memory: {gpu['memory_source']}; the rest spec sheet"
+
+
+def test_every_gpu_row_names_where_its_memory_comes_from():
+    from bench.predict.gpus import GPUS
+
+    for key, gpu in GPUS.items():
+        assert gpu.memory_source == "spec sheet" or gpu.memory_source.startswith("CUDA-reported total"), key
+        if gpu.memory_source != "spec sheet":  # below the marketed capacity, within 8%
+            marketed = int(gpu.name.split()[-2 if gpu.name.endswith(("SXM", "PCIe")) else -1].rstrip("GB"))
+            assert 0.92 * marketed * 10**9 < gpu.memory_bytes < marketed * 2**30, key
