@@ -54,6 +54,11 @@ CASES = [
          prefill_chunk=384),
     dict(arch="hybrid", preset="small", frames=32, compressor="td:schedule=uni_2_0.5-attn_10_0.9"),
     dict(arch="hybrid", preset="tiny", frames=32, compressor="none", batch=2),
+    # --logits all: the LM head on every position (the head's dtype, or a float32 upcast of bf16)
+    dict(arch="transformer", preset="tiny", frames=48, compressor="none", logits="all"),
+    dict(arch="hybrid", preset="tiny", frames=48, compressor="none", logits="all", logits_dtype="float32",
+         dtype="bfloat16", prefill_chunk=384),
+    dict(arch="mamba", preset="tiny", frames=32, compressor="none", logits="all", logits_dtype="float32"),
 ]
 
 
@@ -162,6 +167,9 @@ def test_predict_command_prints_predicted_numbers_and_records(tmp_path, capsys):
     (["--device", "cpu"], "needs --memory-budget"),
     (["--mamba-kernels", "fast"], "unknown --mamba-kernels"),
     (["--gpu", "custom"], "--gpu custom needs"),
+    (["--logits", "some"], "unknown --logits"),
+    (["--logits-dtype", "float32"], "needs --logits all"),
+    (["--logits", "all", "--logits-dtype", "fp8"], "unknown --logits-dtype"),
 ])
 def test_predict_bad_input_is_one_line_exit_2(argv, message, capsys):
     code = main(["predict", "--arch", "hybrid", "--preset", "tiny", "--no-max-frames", *argv])
@@ -216,3 +224,15 @@ def test_every_gpu_row_names_where_its_memory_comes_from():
         if gpu.memory_source != "spec sheet":  # below the marketed capacity, within 8%
             marketed = int(gpu.name.split()[-2 if gpu.name.endswith(("SXM", "PCIe")) else -1].rstrip("GB"))
             assert 0.92 * marketed * 10**9 < gpu.memory_bytes < marketed * 2**30, key
+
+
+def test_logits_all_keeps_the_last_positions_logits_and_the_default_spec_key():
+    from bench.engine.pipeline import prefill
+
+    bb = ARCHITECTURES.get("hybrid").build("tiny")
+    embeds = torch.randn(1, 40, bb.hidden_size)
+    last, _ = prefill(bb, embeds)
+    every, _ = prefill(bb, embeds, logits="all")
+    torch.testing.assert_close(every, last)
+    assert "logits" not in make_spec(dict(arch="hybrid")).to_dict()  # old records keep their key
+    assert make_spec(dict(arch="hybrid", logits="all")).to_dict()["logits"] == "all"

@@ -146,8 +146,8 @@ def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm", autotun
         stage_peaks: list[tuple[int, dict]] = []
         logits = backbone.logits
 
-        def tracked_logits(hidden):
-            out = logits(hidden)
+        def tracked_logits(hidden, **kwargs):
+            out = logits(hidden, **kwargs)
             stage_peaks.append((tracker.peak, dict(at_peak)))
             tracker.peak = tracker.live
             return out
