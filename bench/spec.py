@@ -39,6 +39,7 @@ class CellSpec:
     decoder: str = DEFAULT_DECODER  # video decoder for tasks that decode videos (tasks.video.DECODERS)
     logits: str = "last"  # the prefill's LM head: the last position, or every position (the library's forward)
     logits_dtype: str | None = None  # with logits "all": None = the head's dtype, "float32" = an upcast
+    frame_batch: int | None = None  # with vision "siglip": frames through the tower at once (None: VisionSide's)
 
     @property
     def resolved_dtype(self) -> str:
@@ -51,6 +52,8 @@ class CellSpec:
             del d["decoder"]
         if d["logits"] == "last" and d["logits_dtype"] is None:  # likewise
             del d["logits"], d["logits_dtype"]
+        if d["frame_batch"] is None:  # likewise
+            del d["frame_batch"]
         return d
 
     def key(self) -> tuple:
@@ -73,8 +76,9 @@ TEXT = ("arch", "preset", "checkpoint", "compressor", "vision", "device", "dtype
 NUMBERS = {"frames": flags.positive_int, "tokens_per_frame": flags.positive_int,
            "prompt_tokens": flags.positive_int, "new_tokens": flags.positive_int, "batch": flags.positive_int,
            "prefill_chunk": flags.positive_int, "memory_budget": flags.positive_size,
-           "warmup": flags.nonnegative_int, "repeats": flags.positive_int, "seed": flags.seed}
-OPTIONAL = ("arch", "preset", "checkpoint", "dtype", "prefill_chunk", "memory_budget", "logits_dtype")  # may be None
+           "warmup": flags.nonnegative_int, "repeats": flags.positive_int, "seed": flags.seed,
+           "frame_batch": flags.positive_int}
+OPTIONAL = ("arch", "preset", "checkpoint", "dtype", "prefill_chunk", "memory_budget", "logits_dtype", "frame_batch")  # may be None
 assert set(TEXT) | set(NUMBERS) == set(FIELDS)
 
 
@@ -132,6 +136,8 @@ def _validate(s: CellSpec) -> None:
         raise UserError(f"unknown --logits-dtype {s.logits_dtype!r}; valid: {', '.join(DTYPES)}")
     if s.logits_dtype is not None and s.logits != "all":
         raise UserError("--logits-dtype sets the dtype of every position's logits: it needs --logits all")
+    if s.frame_batch is not None and s.vision != "siglip":
+        raise UserError("--frame-batch sets how many frames go through the vision tower at once: it needs --vision siglip")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", s.device):
         raise UserError(f"unknown device {s.device!r}; valid: cpu, cuda, cuda:N")
     arch = ARCHITECTURES.get(s.arch)

@@ -32,7 +32,8 @@ def measured_peak_bytes(spec) -> int:
     request = Synthetic(seed=spec.seed).request(batch=spec.batch, frames=spec.frames,
                                                 prompt_tokens=spec.prompt_tokens,
                                                 vocab_size=model.backbone.config.vocab_size, device="cpu",
-                                                dtype=model.backbone.dtype, image_size=None)
+                                                dtype=model.backbone.dtype,
+                                                image_size=model.vision.image_size if model.vision else None)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         runner.one_pass(spec, model, request)
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
@@ -41,7 +42,8 @@ def measured_peak_bytes(spec) -> int:
     for e in events:
         live += e.nbytes()
         peak = max(peak, live)
-    resident = runner.model_bytes(model) + request.prompt_ids.numel() * request.prompt_ids.element_size()
+    inputs = [t for t in (request.prompt_ids, request.frames) if t is not None]
+    resident = runner.model_bytes(model) + sum(t.numel() * t.element_size() for t in inputs)
     return resident + peak
 
 
@@ -59,6 +61,10 @@ CASES = [
     dict(arch="hybrid", preset="tiny", frames=48, compressor="none", logits="all", logits_dtype="float32",
          dtype="bfloat16", prefill_chunk=384),
     dict(arch="mamba", preset="tiny", frames=32, compressor="none", logits="all", logits_dtype="float32"),
+    # --vision siglip: the SigLIP tower, ToMe and the projector, one frame batch at a time, and the frames
+    dict(arch="hybrid", preset="tiny", frames=20, compressor="none", vision="siglip", frame_batch=8),
+    dict(arch="transformer", preset="tiny", frames=12, compressor="uniform:layer=2,p=0.5", vision="siglip",
+         dtype="bfloat16"),
 ]
 
 
@@ -168,6 +174,8 @@ def test_predict_command_prints_predicted_numbers_and_records(tmp_path, capsys):
     (["--mamba-kernels", "fast"], "unknown --mamba-kernels"),
     (["--gpu", "custom"], "--gpu custom needs"),
     (["--logits", "some"], "unknown --logits"),
+    (["--vision", "siglip", "--frame-batch", "0"], "--frame-batch"),
+    (["--frame-batch", "4"], "needs --vision siglip"),
     (["--logits-dtype", "float32"], "needs --logits all"),
     (["--logits", "all", "--logits-dtype", "fp8"], "unknown --logits-dtype"),
 ])

@@ -79,6 +79,8 @@ def build_model(spec: CellSpec) -> Model:
         else:
             vision = VisionSide(spec.preset, backbone.hidden_size, spec.tokens_per_frame, dtype=dtype,
                                 device=spec.device, seed=spec.seed)
+        if spec.frame_batch is not None:
+            vision.frame_batch = spec.frame_batch
     compressor = make_compressor(spec.compressor)
     backbone.check_compressor(compressor)
     compressor.check(backbone)

@@ -152,7 +152,8 @@ def serving(spec, result: dict, gpu: GPU, budget: int, serve_batch: int) -> dict
     state = result["end_of_prefill"]["ssm_state_bytes"] + result["end_of_prefill"]["conv_state_bytes"]
     per_token = kv_bytes_per_token(bb, db)
     per_seq = kv_prefill + per_token * spec.new_tokens + state
-    room = budget - parts["weights_bytes"] - parts["compressor_params_bytes"] - parts["activations_bytes"]
+    room = budget - sum(parts[k] for k in ("weights_bytes", "vision_weights_bytes", "frames_bytes",
+                                           "compressor_params_bytes", "activations_bytes"))
     concurrent = max(0, min(serve_batch, int(room // per_seq)))
     if concurrent == 0:
         return {"serve_batch": serve_batch, "concurrent_sequences": 0, "fits": False}
@@ -252,7 +253,9 @@ def summary(record: dict) -> str:
         f"{s['tokens_per_frame']} tokens ({m['input_tokens']} input tokens, {m['tokens_after_compression']} after "
         f"compression), batch {s['batch']}, {s['dtype']}{_logits(s)}, on {where}",
         f"  predicted peak allocated: {_gib(m['predicted_peak_mem_bytes'])} = weights {_gib(p['weights_bytes'])}"
-        f" + KV cache {_gib(p['kv_cache_bytes'])} + SSM/conv state "
+        + (f" + vision side {_gib(p['vision_weights_bytes'])} + frames {_gib(p['frames_bytes'])}"
+           if p.get("vision_weights_bytes") else "")
+        + f" + KV cache {_gib(p['kv_cache_bytes'])} + SSM/conv state "
         f"{_gib(p['ssm_state_bytes'] + p['conv_state_bytes'])} + compressor params "
         f"{_gib(p['compressor_params_bytes'])} + activations {_gib(p['activations_bytes'])}",
     ]
