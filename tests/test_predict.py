@@ -244,3 +244,9 @@ def test_logits_all_keeps_the_last_positions_logits_and_the_default_spec_key():
     torch.testing.assert_close(every, last)
     assert "logits" not in make_spec(dict(arch="hybrid")).to_dict()  # old records keep their key
     assert make_spec(dict(arch="hybrid", logits="all")).to_dict()["logits"] == "all"
+
+
+def test_predict_refuses_the_real_families_in_one_line(capsys):
+    code = main(["predict", "--arch", "qwen3_vl", "--preset", "tiny", "--no-max-frames"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not predicted yet" in err and len(err.strip().splitlines()) == 1
