@@ -190,10 +190,11 @@ class Backbone:
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.decoder.norm_f(hidden)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm and LM head (float32 logits, as the library's Mamba2/NemotronH heads return)."""
+    def logits(self, hidden: torch.Tensor, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        """Final norm and LM head, as ``dtype`` (float32 by default; None: the head's dtype)."""
         hidden = self.final_norm(hidden)
-        return self.model.lm_head(hidden.to(self.model.lm_head.weight.dtype)).float()
+        out = self.model.lm_head(hidden.to(self.model.lm_head.weight.dtype))
+        return out if dtype is None else out.to(dtype)
 
     def layer_kinds(self) -> list[str]:
         return [self.layer_kind(i) for i in range(self.num_layers)]

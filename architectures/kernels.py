@@ -10,6 +10,12 @@ op is wrapped in a router (``install``):
   (``TRITON_INTERPRET=1``, see ``use_triton_interpreter``), the CPU proxy of the GPU path,
   where mamba-ssm's Triton kernels run on the CPU too.
 
+The Mamba-2 blocks' gated RMSNorm (``NemotronHRMSNormGated``, ``MambaRMSNormGated``) is a module,
+not a bound function: transformers always runs its torch code, which upcasts to float32 and keeps
+three float32 [L, inner] tensors alive. Where mamba-ssm bound, its ``forward`` is routed the same
+way, to mamba-ssm's fused Triton norm (``mamba_ssm.ops.triton.layernorm_gated.rmsnorm_fn``, gate
+applied before the norm, as the library's module does); op ``gated_rmsnorm``.
+
 ``implementations(device)`` says what a cell on ``device`` runs, op by op; records carry it
 (``env.kernels``), so a broken mamba-ssm wheel that fell back to torch is never recorded as
 the kernel. ``forced("torch" | "kernel")`` overrides the routing (tests compare both paths).
@@ -33,6 +39,9 @@ OPS = {
     "causal_conv1d_fn": "causal_conv1d_fn",
     "causal_conv1d_update": "causal_conv1d_update",
 }
+# The gated RMSNorm modules of the same modeling modules (routed by ``install`` as op GATED_NORM).
+GATED_NORMS = ("NemotronHRMSNormGated", "MambaRMSNormGated")
+GATED_NORM = "gated_rmsnorm"
 PACKAGES = ("mamba_ssm", "causal_conv1d", "flash_attn")
 PATHS = ("torch", "kernel")
 
@@ -49,12 +58,14 @@ class Router:
     """Calls the bound kernel or the library's torch code for one op, by the device of its first tensor."""
 
     def __init__(self, op: str, wrapped):
-        self.op = op
-        self.torch_fn = wrapped.__wrapped__  # the library's reference code (functools.wraps)
+        torch_fn = wrapped.__wrapped__  # the library's reference code (functools.wraps)
         binding = inspect.getclosurevars(wrapped).nonlocals  # what transformers' decorator closed over
-        bound = binding.get("implementation", self.torch_fn)
-        self.kernel = None if bound is self.torch_fn else bound
-        self.package = binding.get("package", bound.__module__.split(".")[0]) if self.kernel else None
+        bound = binding.get("implementation", torch_fn)
+        kernel = None if bound is torch_fn else bound
+        self._bind(op, torch_fn, kernel, binding.get("package", bound.__module__.split(".")[0]) if kernel else None)
+
+    def _bind(self, op: str, torch_fn, kernel, package: str | None) -> None:
+        self.op, self.torch_fn, self.kernel, self.package = op, torch_fn, kernel, package
         self._accepts = _accepted(self.torch_fn)
         self._kernel_accepts = _accepted(self.kernel) if self.kernel else None
 
@@ -72,6 +83,38 @@ class Router:
             return self.kernel(*args, **_only(kwargs, self._kernel_accepts))
         calls[(self.op, "torch")] += 1
         return self.torch_fn(*args, **_only(kwargs, self._accepts))
+
+
+class GatedNormRouter(Router):
+    """A gated RMSNorm module's ``forward`` (self, hidden_states, gate): its torch code or mamba-ssm's fused norm."""
+
+    def __init__(self, torch_forward, fused):
+        self._bind(GATED_NORM, torch_forward, fused, "mamba_ssm" if fused is not None else None)
+
+    def __call__(self, norm, hidden_states, gate=None):
+        if self.path_for(hidden_states.device.type) == "kernel":
+            calls[(self.op, self.package)] += 1
+            return self.kernel(norm, hidden_states, gate)
+        calls[(self.op, "torch")] += 1
+        return self.torch_fn(norm, hidden_states, gate)
+
+
+def fused_gated_norm(rmsnorm_fn):
+    """A gated RMSNorm module's forward on mamba-ssm's ``rmsnorm_fn`` (norm(x * silu(gate)) per group)."""
+
+    def forward(norm, hidden_states, gate=None):
+        return rmsnorm_fn(hidden_states, norm.weight, None, z=gate, eps=norm.variance_epsilon,
+                          group_size=norm.group_size, norm_before_gate=False)
+
+    return forward
+
+
+def _mamba_ssm_norm():
+    try:
+        from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
+    except Exception:  # noqa: BLE001 - a broken install leaves the norm on torch, as transformers does for its ops
+        return None
+    return fused_gated_norm(rmsnorm_fn)
 
 
 def _accepted(fn) -> frozenset[str] | None:
@@ -97,6 +140,21 @@ def install(module: types.ModuleType) -> None:
             fn = Router(op, fn)
             setattr(module, name, fn)
         _ROUTERS[op] = fn
+    scan = _ROUTERS.get("mamba_chunk_scan_combined")
+    for name in GATED_NORMS:
+        cls = getattr(module, name, None)
+        if cls is None:
+            continue
+        router = getattr(cls.forward, "router", None)
+        if router is None:
+            router = GatedNormRouter(cls.forward, _mamba_ssm_norm() if scan and scan.package == "mamba_ssm" else None)
+
+            def forward(self, hidden_states, gate=None, _router=router):
+                return _router(self, hidden_states, gate)
+
+            forward.router = router
+            cls.forward = forward
+        _ROUTERS[GATED_NORM] = router
 
 
 def implementations(device: str) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -11,6 +12,7 @@ from bench.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
 VISIONS = ("synthetic", "siglip")
+LOGITS = ("last", "all")
 DEFAULT_DECODER = "pyav"  # = tasks.video.DEFAULT_DECODER (that module imports torch; this one must not)
 
 
@@ -35,6 +37,9 @@ class CellSpec:
     repeats: int = 3
     seed: int = 0
     decoder: str = DEFAULT_DECODER  # video decoder for tasks that decode videos (tasks.video.DECODERS)
+    logits: str = "last"  # the prefill's LM head: the last position, or every position (the library's forward)
+    logits_dtype: str | None = None  # with logits "all": None = the head's dtype, "float32" = an upcast
+    frame_batch: int | None = None  # with vision "siglip": frames through the tower at once (None: VisionSide's)
 
     @property
     def resolved_dtype(self) -> str:
@@ -45,6 +50,10 @@ class CellSpec:
         d["dtype"] = self.resolved_dtype
         if d["decoder"] == DEFAULT_DECODER:  # the default leaves the record's spec (and its key) as it was before
             del d["decoder"]
+        if d["logits"] == "last" and d["logits_dtype"] is None:  # likewise
+            del d["logits"], d["logits_dtype"]
+        if d["frame_batch"] is None:  # likewise
+            del d["frame_batch"]
         return d
 
     def key(self) -> tuple:
@@ -61,13 +70,15 @@ def spec_key(spec: dict) -> tuple:
 
 
 FIELDS = {f.name: f for f in fields(CellSpec)}
-TEXT = ("arch", "preset", "checkpoint", "compressor", "vision", "device", "dtype", "task", "decoder")
+TEXT = ("arch", "preset", "checkpoint", "compressor", "vision", "device", "dtype", "task", "decoder", "logits",
+        "logits_dtype")
 # the domain of every numeric setting: the same parsers as the numeric flags (bench.flags)
 NUMBERS = {"frames": flags.positive_int, "tokens_per_frame": flags.positive_int,
            "prompt_tokens": flags.positive_int, "new_tokens": flags.positive_int, "batch": flags.positive_int,
            "prefill_chunk": flags.positive_int, "memory_budget": flags.positive_size,
-           "warmup": flags.nonnegative_int, "repeats": flags.positive_int, "seed": flags.seed}
-OPTIONAL = ("arch", "preset", "checkpoint", "dtype", "prefill_chunk", "memory_budget")  # may be None
+           "warmup": flags.nonnegative_int, "repeats": flags.positive_int, "seed": flags.seed,
+           "frame_batch": flags.positive_int}
+OPTIONAL = ("arch", "preset", "checkpoint", "dtype", "prefill_chunk", "memory_budget", "logits_dtype", "frame_batch")  # may be None
 assert set(TEXT) | set(NUMBERS) == set(FIELDS)
 
 
@@ -119,6 +130,14 @@ def _validate(s: CellSpec) -> None:
         raise UserError(f"unknown vision {s.vision!r}; valid: {', '.join(VISIONS)}")
     if s.dtype is not None and s.dtype not in DTYPES:
         raise UserError(f"unknown dtype {s.dtype!r}; valid: {', '.join(DTYPES)}")
+    if s.logits not in LOGITS:
+        raise UserError(f"unknown --logits {s.logits!r}; valid: {', '.join(LOGITS)}")
+    if s.logits_dtype is not None and s.logits_dtype not in DTYPES:
+        raise UserError(f"unknown --logits-dtype {s.logits_dtype!r}; valid: {', '.join(DTYPES)}")
+    if s.logits_dtype is not None and s.logits != "all":
+        raise UserError("--logits-dtype sets the dtype of every position's logits: it needs --logits all")
+    if s.frame_batch is not None and s.vision != "siglip":
+        raise UserError("--frame-batch sets how many frames go through the vision tower at once: it needs --vision siglip")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", s.device):
         raise UserError(f"unknown device {s.device!r}; valid: cpu, cuda, cuda:N")
     arch = ARCHITECTURES.get(s.arch)
@@ -127,6 +146,9 @@ def _validate(s: CellSpec) -> None:
     if arch.takes_frames and s.batch != 1:
         raise UserError(f"{s.arch} runs one video per batch (its processor's layout); got batch {s.batch}")
     skeleton = arch.skeleton(s.preset, s.checkpoint)
+    if s.logits == "all" and "dtype" not in inspect.signature(skeleton.logits).parameters:
+        raise UserError(f"--logits all: {s.arch}'s logits({inspect.signature(skeleton.logits)}) takes no dtype; "
+                        "it computes the last position only")
     compressor = make_compressor(s.compressor)
     skeleton.check_compressor(compressor)
     compressor.check(skeleton)

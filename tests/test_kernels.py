@@ -81,9 +81,33 @@ def _assert_paths_agree(kernel_out, torch_out):
 
 
 def test_one_shot_prefill(bb):
-    before = _kernel_calls("mamba_chunk_scan_combined")
+    before, norms = _kernel_calls("mamba_chunk_scan_combined"), _kernel_calls(kernels.GATED_NORM)
     _assert_paths_agree(_generate(bb, "kernel", 0), _generate(bb, "torch", 0))
     assert _kernel_calls("mamba_chunk_scan_combined") > before
+    assert _kernel_calls(kernels.GATED_NORM) - norms == sum(k == "mamba" for k in bb.layer_kinds())
+
+
+@pytest.mark.parametrize("module", ["nemotron_h", "mamba2"])
+def test_fused_gated_norm_equals_the_torch_module(module):
+    """mamba-ssm's fused gated RMSNorm (rmsnorm_fn, gate before the norm) against the library's module, fp32."""
+    import importlib
+
+    lib = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
+    cls = getattr(lib, "NemotronHRMSNormGated" if module == "nemotron_h" else "MambaRMSNormGated")
+    assert kernels.bound()[kernels.GATED_NORM] == "mamba_ssm"
+    gen = torch.Generator().manual_seed(0)
+    norm = cls(64, group_size=16, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(64, generator=gen))
+    hidden, gate = torch.randn(2, 40, 64, generator=gen), torch.randn(2, 40, 64, generator=gen)
+    before = _kernel_calls(kernels.GATED_NORM)
+    with kernels.forced("kernel"):
+        fused = norm(hidden, gate)
+    with kernels.forced("torch"):
+        reference = norm(hidden, gate)
+    assert _kernel_calls(kernels.GATED_NORM) == before + 1
+    torch.testing.assert_close(fused, reference, atol=ATOL, rtol=RTOL)
+    assert kernels.implementations("cuda")[kernels.GATED_NORM].startswith("mamba_ssm ")
 
 
 def test_chunked_prefill_carries_the_state(bb):

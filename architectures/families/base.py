@@ -168,8 +168,9 @@ class FamilyBackbone(Backbone):
     def final_norm(self, hidden):
         return self.decoder.norm(hidden)
 
-    def logits(self, hidden):
-        return self.head(self.final_norm(hidden).to(self.head.weight.dtype)).float()
+    def logits(self, hidden, dtype=torch.float32):
+        out = self.head(self.final_norm(hidden).to(self.head.weight.dtype))
+        return out if dtype is None else out.to(dtype)
 
     @property
     def frame_size(self) -> int:

@@ -25,6 +25,9 @@ CELL_FLAGS = [
     ("--warmup", "warmup", "untimed passes first (default 1)"),
     ("--repeats", "repeats", "timed passes; the record has their median and spread (default 3)"),
     ("--seed", "seed", "random seed (default 0)"),
+    ("--logits", "logits", "last (default) | all: the prefill's LM head on every position, as the library's forward"),
+    ("--logits-dtype", "logits_dtype", "with --logits all: float32 upcasts them (default: the head's dtype)"),
+    ("--frame-batch", "frame_batch", "with --vision siglip: frames through the tower at once (default 32)"),
     ("--decoder", "decoder", "video decoder for tasks that decode videos: pyav | decord | torchcodec (default pyav)"),
 ]
 CELL_LABELS = {dest: flag for flag, dest, _ in CELL_FLAGS}  # numbers are checked in bench.spec, as in a TOML file

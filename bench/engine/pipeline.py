@@ -62,6 +62,8 @@ def _run_layer_chunked(backbone: Backbone, i: int, hidden: torch.Tensor, cache, 
 def prefill(backbone: Backbone, embeds: torch.Tensor, *, grad: bool = False, **kwargs) -> tuple[torch.Tensor, Sequence]:
     """Run the prompt embeddings through every layer; return last-position logits [batch, vocab].
 
+    ``logits="all"`` computes the LM head on every position first (``logits_dtype``: their dtype, the
+    head's by default), as the library's forward does, and keeps the last.
     ``vision`` is a (start, end) span or a bool mask over the sequence. A real video LLM passes a
     ready ``state`` instead (its own positions, vision mask, frame indices and DeepStack features).
     Inference mode, unless ``grad``: then the autograd graph is kept, so that what a compressor
@@ -109,7 +111,8 @@ class _Blocking:
 
 def _prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, vision=(0, 0),
              chunk: int | None = None, state: TokenState | None = None,
-             knockout: Knockout | None = None) -> tuple[torch.Tensor, Sequence]:
+             knockout: Knockout | None = None, logits: str = "last",
+             logits_dtype: str | None = None) -> tuple[torch.Tensor, Sequence]:
     if state is None:
         state = TokenState.for_prompt(embeds, vision)
     cache = backbone.new_cache()
@@ -129,7 +132,12 @@ def _prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, visio
         layer_chunks = chunks if blocking is None else blocking.chunks(i, chunks)
         state.hidden = _run_layer_chunked(backbone, i, state.hidden, cache, layer_chunks)
         backbone.after_layer(i, state)
-    logits = backbone.logits(state.hidden[:, -1:])[:, -1]
+    if logits == "all":  # the library's forward: every position's logits, in the head's dtype or upcast
+        every = backbone.logits(state.hidden, dtype=getattr(torch, logits_dtype) if logits_dtype else None)
+        logits = every[:, -1].float()
+        del every
+    else:
+        logits = backbone.logits(state.hidden[:, -1:])[:, -1]
     position = state.positions.max().reshape(1) + 1  # on the device: no host sync (3-D positions: their max)
     return logits, Sequence(cache if knockout is None else None, position=position.long(), length=state.length)
 

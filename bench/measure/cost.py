@@ -136,8 +136,9 @@ def llm_input_tokens(input_tokens: int, vision_tokens: int, stages: list[dict]) 
     return input_tokens
 
 
-def flops(backbone, tokens: list[int], batch: int, new_tokens: int) -> dict:
-    """Analytic prefill and decode FLOPs by layer kind (plus ``head``), and their totals."""
+def flops(backbone, tokens: list[int], batch: int, new_tokens: int, all_logits: bool = False) -> dict:
+    """Analytic prefill and decode FLOPs by layer kind (plus ``head``), and their totals. ``all_logits``:
+    the prefill's LM head runs on every position that reaches it (``--logits all``), not only the last."""
     cfg, kinds, weights = backbone.config, backbone.layer_kinds(), _layer_weights(backbone)
     prefill: dict[str, float] = {}
     decode: dict[str, float] = {}
@@ -158,7 +159,7 @@ def flops(backbone, tokens: list[int], batch: int, new_tokens: int) -> dict:
         prefill[kind] = prefill.get(kind, 0.0) + p
         decode[kind] = decode.get(kind, 0.0) + d
     head = 2.0 * batch * cfg.hidden_size * cfg.vocab_size
-    prefill["head"], decode["head"] = head, head * new_tokens
+    prefill["head"], decode["head"] = head * (tokens[-1] if all_logits else 1), head * new_tokens
     return {"prefill_flops": sum(prefill.values()), "decode_flops": sum(decode.values()),
             "prefill_flops_by_kind": prefill, "decode_flops_by_kind": decode}
 
@@ -229,14 +230,14 @@ def device_peaks(device: str, dtype: str, device_name: str) -> dict:
 
 
 def account(backbone, *, batch: int, new_tokens: int, input_tokens: int, vision_tokens: int, stages: list[dict],
-            cache: dict | None, weights_bytes: int, dtype_bytes: int) -> dict:
+            cache: dict | None, weights_bytes: int, dtype_bytes: int, all_logits: bool = False) -> dict:
     """Sizes, FLOPs and bytes of one pass (no timings): the part of ``metrics.cost`` that needs no clock."""
     tokens = tokens_per_layer(backbone.num_layers, llm_input_tokens(input_tokens, vision_tokens, stages), stages)
     out = {"weights_bytes": weights_bytes, **(cache or {}), "tokens_per_layer_kind": {}}
     for kind in dict.fromkeys(backbone.layer_kinds()):
         counts = [t for t, k in zip(tokens, backbone.layer_kinds()) if k == kind]
         out["tokens_per_layer_kind"][kind] = {"first": counts[0], "last": counts[-1]}
-    out.update(flops(backbone, tokens, batch, new_tokens))
+    out.update(flops(backbone, tokens, batch, new_tokens, all_logits))
     per_token = kv_bytes_per_token(backbone, dtype_bytes)
     state = (cache or {}).get("ssm_state_bytes", 0) + (cache or {}).get("conv_state_bytes", 0)
     kv = (cache or {}).get("kv_cache_bytes", 0)
@@ -283,7 +284,8 @@ def record_cost(spec, model, metrics: dict, env: dict) -> dict:
     compressor = metrics.get("compressor") or {}
     out = account(bb, batch=spec.batch, new_tokens=spec.new_tokens, input_tokens=metrics["input_tokens"],
                   vision_tokens=metrics["vision_tokens"], stages=compressor.get("stages", []),
-                  cache=cache, weights_bytes=_module_bytes(bb.model), dtype_bytes=dtype_bytes)
+                  cache=cache, weights_bytes=_module_bytes(bb.model), dtype_bytes=dtype_bytes,
+                  all_logits=spec.logits == "all")
     out["compressor_params_bytes"] = _module_bytes(getattr(model.compressor, "cross", None))
     out["vision_weights_bytes"] = _module_bytes(model.vision)
     try:

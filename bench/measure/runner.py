@@ -79,6 +79,8 @@ def build_model(spec: CellSpec) -> Model:
         else:
             vision = VisionSide(spec.preset, backbone.hidden_size, spec.tokens_per_frame, dtype=dtype,
                                 device=spec.device, seed=spec.seed)
+        if spec.frame_batch is not None:
+            vision.frame_batch = spec.frame_batch
     compressor = make_compressor(spec.compressor)
     backbone.check_compressor(compressor)
     compressor.check(backbone)
@@ -108,7 +110,8 @@ def one_pass_video_llm(spec: CellSpec, model: Model, request, timer) -> dict:
             prompt = bb.prompt(clip, synthetic_prompt(spec.prompt_tokens), compressor)
         cache: dict = {}
         kept = generate(bb, max_new_tokens=spec.new_tokens + 1, compressor=compressor, state=prompt.state,
-                        chunk=spec.prefill_chunk, timer=timer, after_prefill=_read_cache(cache)).kept
+                        chunk=spec.prefill_chunk, timer=timer, after_prefill=_read_cache(cache),
+                        logits=spec.logits, logits_dtype=spec.logits_dtype).kept
     metrics = _metrics(spec, timer, prompt.input_ids.shape[1], prompt.vision_tokens, kept, compressor, cache)
     metrics["checkpoint_pruned_tokens"] = prompt.checkpoint_pruned  # before the LLM, not in vision_tokens
     return metrics
@@ -178,7 +181,8 @@ def one_pass(spec: CellSpec, model: Model, request, timer=None) -> dict:
         # forced: the first token and --new-tokens decode steps, no stop token
         cache: dict = {}
         kept = generate(bb, embeds, max_new_tokens=spec.new_tokens + 1, compressor=compressor, vision=span,
-                        chunk=spec.prefill_chunk, timer=timer, after_prefill=_read_cache(cache)).kept
+                        chunk=spec.prefill_chunk, timer=timer, after_prefill=_read_cache(cache),
+                        logits=spec.logits, logits_dtype=spec.logits_dtype).kept
         del embeds
     return _metrics(spec, timer, 1 + n_vision + spec.prompt_tokens, n_vision, kept, compressor, cache)
 

@@ -123,7 +123,8 @@ def predicted_cost(spec, result: dict, gpu: GPU) -> dict:
     db = _dtype_bytes(spec)
     cost = account(bb, batch=spec.batch, new_tokens=spec.new_tokens, input_tokens=result["input_tokens"],
                    vision_tokens=result["vision_tokens"], stages=result["compressor"]["stages"],
-                   cache=result["end_of_prefill"], weights_bytes=result["parts"]["weights_bytes"], dtype_bytes=db)
+                   cache=result["end_of_prefill"], weights_bytes=result["parts"]["weights_bytes"], dtype_bytes=db,
+                   all_logits=spec.logits == "all")
     bound = roofline(cost, gpu.bf16_tflops * 1e12, gpu.bandwidth, weights_read_per_step(bb, db))
     input_tokens = result["input_tokens"]
     bound["prefill_tok_s_upper_bound"] = spec.batch * input_tokens / bound["prefill_s_lower_bound"]
@@ -151,7 +152,8 @@ def serving(spec, result: dict, gpu: GPU, budget: int, serve_batch: int) -> dict
     state = result["end_of_prefill"]["ssm_state_bytes"] + result["end_of_prefill"]["conv_state_bytes"]
     per_token = kv_bytes_per_token(bb, db)
     per_seq = kv_prefill + per_token * spec.new_tokens + state
-    room = budget - parts["weights_bytes"] - parts["compressor_params_bytes"] - parts["activations_bytes"]
+    room = budget - sum(parts[k] for k in ("weights_bytes", "vision_weights_bytes", "frames_bytes",
+                                           "compressor_params_bytes", "activations_bytes"))
     concurrent = max(0, min(serve_batch, int(room // per_seq)))
     if concurrent == 0:
         return {"serve_batch": serve_batch, "concurrent_sequences": 0, "fits": False}
@@ -160,7 +162,7 @@ def serving(spec, result: dict, gpu: GPU, budget: int, serve_batch: int) -> dict
                                                               stages), stages)
     peak_flops, bw = gpu.bf16_tflops * 1e12, gpu.bandwidth
     weights = weights_read_per_step(bb, db)
-    prefill_s = max(flops(bb, tokens, 1, 0)["prefill_flops"] / peak_flops, weights / bw)
+    prefill_s = max(flops(bb, tokens, 1, 0, spec.logits == "all")["prefill_flops"] / peak_flops, weights / bw)
     decode_s = 0.0
     sizes = [concurrent] * (serve_batch // concurrent) + ([serve_batch % concurrent] if serve_batch % concurrent
                                                           else [])
@@ -233,6 +235,12 @@ def _gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB"
 
 
+def _logits(spec: dict) -> str:
+    if spec.get("logits", "last") == "last":
+        return ""
+    return f", logits of every position ({spec.get('logits_dtype') or spec['dtype']})"
+
+
 def summary(record: dict) -> str:
     """The printout: every number says it is predicted."""
     s, m = record["spec"], record["metrics"]
@@ -243,9 +251,11 @@ def summary(record: dict) -> str:
     lines = [
         f"{s['arch']}/{s['checkpoint'] or s['preset']} {s['compressor']}, {s['frames']} frames x "
         f"{s['tokens_per_frame']} tokens ({m['input_tokens']} input tokens, {m['tokens_after_compression']} after "
-        f"compression), batch {s['batch']}, {s['dtype']}, on {where}",
+        f"compression), batch {s['batch']}, {s['dtype']}{_logits(s)}, on {where}",
         f"  predicted peak allocated: {_gib(m['predicted_peak_mem_bytes'])} = weights {_gib(p['weights_bytes'])}"
-        f" + KV cache {_gib(p['kv_cache_bytes'])} + SSM/conv state "
+        + (f" + vision side {_gib(p['vision_weights_bytes'])} + frames {_gib(p['frames_bytes'])}"
+           if p.get("vision_weights_bytes") else "")
+        + f" + KV cache {_gib(p['kv_cache_bytes'])} + SSM/conv state "
         f"{_gib(p['ssm_state_bytes'] + p['conv_state_bytes'])} + compressor params "
         f"{_gib(p['compressor_params_bytes'])} + activations {_gib(p['activations_bytes'])}",
     ]

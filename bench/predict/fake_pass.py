@@ -96,7 +96,27 @@ def _register(tracker: LiveBytes, module) -> int:
     return sum(tracker.add(t) for t in (*module.parameters(), *module.buffers()))
 
 
-def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm") -> dict:
+def _vision_side(spec, backbone, dtype):
+    """The own SigLIP side (tower, ToMe, projector) of ``--vision siglip``, built fake in the model's dtype."""
+    if spec.vision != "siglip":
+        return None
+    from architectures.vision import VisionSide
+
+    # built on meta (its initialisers read values), then every parameter and buffer made a fake tensor
+    vision = VisionSide(spec.preset, backbone.hidden_size, spec.tokens_per_frame, dtype=dtype, device="meta")
+    for module in vision.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None:
+                module._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype), requires_grad=False)
+        for name, b in list(module._buffers.items()):
+            if b is not None:
+                module._buffers[name] = torch.empty(b.shape, dtype=b.dtype)
+    if spec.frame_batch is not None:
+        vision.frame_batch = spec.frame_batch
+    return vision
+
+
+def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm", autotune: bool = True) -> dict:
     """Peak allocated bytes of one pass of ``spec`` (as ``bench.measure.runner.one_pass`` runs it), by part."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -106,14 +126,17 @@ def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm") -> dict
     from compressors.base import make_compressor
     from tasks.synthetic import Request
 
-    if spec.vision != "synthetic":
-        raise UserError("predictions cover the LLM side: use --vision synthetic")
     if target not in ("gpu", "cpu"):
         raise UserError(f"unknown prediction target {target!r}; valid: gpu, cpu")
     t0 = time.perf_counter()
     dtype = getattr(torch, spec.resolved_dtype)
     run_spec = spec.replace(device="cpu", dtype=spec.resolved_dtype)
     arch = ARCHITECTURES.get(spec.arch)
+    if arch.takes_frames:
+        raise UserError(f"predict covers the own backbones (transformer, mamba, hybrid): {spec.arch}'s processor "
+                        "and vision tower are not predicted yet")
+    if spec.vision == "siglip" and spec.checkpoint:
+        raise UserError("predict --vision siglip builds the SigLIP side of a preset (--preset), not a checkpoint's")
     caches: list = []
     at_peak: dict[str, int] = {}
 
@@ -123,18 +146,22 @@ def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm") -> dict
     tracker = LiveBytes(on_peak=snapshot)
     with FakeTensorMode(), _replace_on_to():
         config = arch.check_checkpoint(spec.checkpoint) if spec.checkpoint else arch.make_config(spec.preset)
-        with torch.device("cpu"):
-            model = arch.model_class(config)
-        model.to(dtype)
+        with torch.device("cpu"):  # in the model's dtype, as Backbone.build does (float32 buffers stay float32)
+            model = arch.model_class._from_config(config, dtype=dtype)
         backbone = arch(model.eval(), preset=spec.preset, checkpoint=spec.checkpoint)
         compressor = make_compressor(spec.compressor)
         compressor.check(backbone)
         compressor.prepare(backbone)
+        vision = _vision_side(spec, backbone, dtype)
         weights = _register(tracker, backbone.model)
+        vision_bytes = _register(tracker, vision)
         compressor_bytes = _register(tracker, getattr(compressor, "cross", None))
-        request = Request(bos_id=1, frames=None,
+        frames = None if vision is None else \
+            torch.empty((spec.batch, spec.frames, 3, vision.image_size, vision.image_size), dtype=dtype)
+        request = Request(bos_id=1, frames=frames,
                           prompt_ids=torch.zeros((spec.batch, spec.prompt_tokens), dtype=torch.long))
-        inputs = tracker.add(request.prompt_ids)
+        frames_bytes = tracker.add(frames)
+        inputs = tracker.add(request.prompt_ids) + frames_bytes
         new_cache = backbone.new_cache
 
         def tracked_cache():
@@ -146,8 +173,8 @@ def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm") -> dict
         stage_peaks: list[tuple[int, dict]] = []
         logits = backbone.logits
 
-        def tracked_logits(hidden):
-            out = logits(hidden)
+        def tracked_logits(hidden, **kwargs):
+            out = logits(hidden, **kwargs)
             stage_peaks.append((tracker.peak, dict(at_peak)))
             tracker.peak = tracker.live
             return out
@@ -162,10 +189,10 @@ def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm") -> dict
 
         backbone.embed = tracked_embed
         tracker.peak = tracker.live
-        kernels = gpu_kernels(mamba) if target == "gpu" else nullcontext()
+        kernels = gpu_kernels(mamba, autotune) if target == "gpu" else nullcontext()
         steps = min(spec.new_tokens, 2)
         with kernels, tracker:
-            result = one_pass(run_spec.replace(new_tokens=steps), Model(backbone, None, compressor), request)
+            result = one_pass(run_spec.replace(new_tokens=steps), Model(backbone, vision, compressor), request)
     # Every decode step adds one token to each attention layer's cache and otherwise repeats the last one,
     # so the peak of step N is step 2's plus (N - 2) times the growth from step 1 to step 2.
     (peak, at), *decode = stage_peaks
@@ -178,7 +205,8 @@ def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm") -> dict
             peak, at = p_last + extra, dict(at_last)
             at["kv_cache_bytes"] = at.get("kv_cache_bytes", 0) + extra
     state = {k: at.get(k, 0) for k in ("kv_cache_bytes", "ssm_state_bytes", "conv_state_bytes")}
-    parts = {"weights_bytes": weights, "compressor_params_bytes": compressor_bytes, **state}
+    parts = {"weights_bytes": weights, "vision_weights_bytes": vision_bytes, "frames_bytes": frames_bytes,
+             "compressor_params_bytes": compressor_bytes, **state}
     parts["activations_bytes"] = peak - sum(parts.values())
     stages = {"prefill_peak_bytes": stage_peaks[0][0],
               "decode_peak_bytes": [p for p, _ in decode], "decode_steps_run": len(decode)}

@@ -7,6 +7,14 @@ On a GPU the backbones run other code than on this CPU build:
   so every ``torch.empty`` they make is counted, with each Triton launch made a no-op. When
   mamba-ssm cannot be imported at all, a closed form of the same wrappers' allocations is
   used instead (``_closed_form_chunk_scan``); ``backend()`` says which.
+- **Gated RMSNorm** of every Mamba-2 block: mamba-ssm's fused Triton norm (``rmsnorm_fn``, routed by
+  ``architectures.kernels``), its wrapper run with the launch a no-op: an output like its input and a
+  float32 rstd per row and group, instead of transformers' float32 temporaries (closed form
+  ``_closed_form_gated_norm`` where mamba-ssm cannot be imported).
+- **Triton's autotuner**: on the first call of each autotuned kernel (one key per model) it benchmarks
+  the configs with a 256 MiB L2-flush buffer (``torch.empty`` of 64 Mi int32, Triton's CUDA driver
+  ``get_empty_cache_for_benchmark``); that transient is counted at the kernel's first call in the pass,
+  since the first (cold) pass of a process is the one that OOMs.
 - **Causal conv1d**: causal-conv1d's CUDA extension allocates one output like its input
   (``torch.empty_like(x)``) for the sequence and the decode step; that closed form is used.
 - **Attention**: SDPA's flash kernel (no mask, grouped-query without repeating K/V) allocates
@@ -30,6 +38,8 @@ from functools import lru_cache
 
 import torch
 
+WRAPPERS = "mamba_chunk_scan_combined, selective_state_update, rmsnorm_fn"
+AUTOTUNE_BUFFER_BYTES = 256 * 2**20  # Triton's benchmark L2-flush buffer: 256 MiB of int32
 _MODELING = ("transformers.models.nemotron_h.modeling_nemotron_h", "transformers.models.mamba2.modeling_mamba2")
 
 
@@ -42,11 +52,13 @@ def _mamba_ssm() -> tuple[dict, str] | tuple[None, str]:
     ``sys.modules`` is restored afterwards (nothing else in the process sees that namespace).
     """
     try:
+        from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
         version = _version()
-        return ({"chunk_scan": mamba_chunk_scan_combined, "state_update": selective_state_update},
-                f"mamba-ssm {version}'s Python wrappers (mamba_chunk_scan_combined, selective_state_update): "
+        return ({"chunk_scan": mamba_chunk_scan_combined, "state_update": selective_state_update,
+                 "gated_norm": rmsnorm_fn},
+                f"mamba-ssm {version}'s Python wrappers ({WRAPPERS}): "
                 "their allocations counted, Triton launches as no-ops")
     except Exception:  # noqa: BLE001 - a broken install falls through to the namespace load
         pass
@@ -63,10 +75,11 @@ def _mamba_ssm() -> tuple[dict, str] | tuple[None, str]:
     try:
         ssd = importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
         ssu = importlib.import_module("mamba_ssm.ops.triton.selective_state_update")
-        funcs = {"chunk_scan": ssd.mamba_chunk_scan_combined, "state_update": ssu.selective_state_update}
-        return funcs, (f"mamba-ssm {_version()}'s Python wrappers (mamba_chunk_scan_combined, "
-                       "selective_state_update; loaded without its CUDA extensions): their allocations counted, "
-                       "Triton launches as no-ops")
+        norm = importlib.import_module("mamba_ssm.ops.triton.layernorm_gated")
+        funcs = {"chunk_scan": ssd.mamba_chunk_scan_combined, "state_update": ssu.selective_state_update,
+                 "gated_norm": norm.rmsnorm_fn}
+        return funcs, (f"mamba-ssm {_version()}'s Python wrappers ({WRAPPERS}; loaded without its CUDA "
+                       "extensions): their allocations counted, Triton launches as no-ops")
     except Exception as exc:  # noqa: BLE001
         return None, f"closed form of mamba-ssm's wrappers (mamba-ssm unusable here: {type(exc).__name__})"
     finally:
@@ -125,6 +138,21 @@ def _closed_form_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=
     return (out, final.view(b, h, p, n)) if return_final_states else out
 
 
+def _closed_form_gated_norm(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
+    """The allocations of mamba-ssm 2.x ``rmsnorm_fn`` (``_layer_norm_fwd``): contiguous copies of x and z where
+    needed, the output like x, a float32 rstd per row and group."""
+    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
+    if z is not None:
+        z2 = z.reshape(-1, z.shape[-1])
+        z2 = z2 if z2.stride(-1) == 1 else z2.contiguous()
+    groups = x2.shape[1] // (group_size or x2.shape[1])
+    out = torch.empty_like(x2)
+    rstd = x2.new_empty((groups * x2.shape[0],), dtype=torch.float32)
+    del rstd
+    return out.reshape(x.shape)
+
+
 def _conv1d_fn(x, weight, bias=None, activation=None, **_):
     """causal-conv1d's ``causal_conv1d_fn``: one output allocated like the input."""
     if x.stride(2) != 1 and x.stride(1) != 1:
@@ -147,14 +175,25 @@ def _flash_attention(module, query, key, value, attention_mask, dropout=0.0, sca
 
 
 @contextmanager
-def _triton_launches_off():
+def _triton_launches_off(autotune: bool = True):
     try:
         from triton.runtime.jit import KernelInterface
     except Exception:  # noqa: BLE001 - no triton: the closed form is in use anyway
         yield
         return
+    from triton.runtime.autotuner import Autotuner
+
+    tuned: set[int] = set()
+
+    def launch(self, grid):
+        if autotune and isinstance(self, Autotuner) and len(self.configs) > 1 and id(self) not in tuned:
+            tuned.add(id(self))  # its first call benchmarks the configs with the L2-flush buffer alive
+            buffer = torch.empty(AUTOTUNE_BUFFER_BYTES // 4, dtype=torch.int32)
+            del buffer
+        return lambda *args, **kwargs: None
+
     original, cuda_device = KernelInterface.__getitem__, torch.cuda.device
-    KernelInterface.__getitem__ = lambda self, grid: (lambda *args, **kwargs: None)
+    KernelInterface.__getitem__ = launch
     torch.cuda.device = lambda *args, **kwargs: nullcontext()  # the wrappers select the tensors' GPU
     try:
         yield
@@ -164,13 +203,14 @@ def _triton_launches_off():
 
 
 @contextmanager
-def gpu_kernels(mamba: str = "mamba-ssm"):
+def gpu_kernels(mamba: str = "mamba-ssm", autotune: bool = True):
     """Within the block, the backbones allocate as on a GPU (see the module doc). ``mamba="torch"`` keeps
-    transformers' reference Mamba code (what a GPU without mamba-ssm runs) and only swaps attention."""
+    transformers' reference Mamba code (what a GPU without mamba-ssm runs) and only swaps attention;
+    ``autotune=False`` leaves out the autotuner's buffer (a warm process, or to compare code paths)."""
     from transformers import AttentionInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    from architectures import attention
+    from architectures import attention, kernels
 
     saved_attn = ALL_ATTENTION_FUNCTIONS[attention.NAME]
     AttentionInterface.register(attention.NAME, _flash_attention)
@@ -182,13 +222,19 @@ def gpu_kernels(mamba: str = "mamba-ssm"):
             funcs, _ = _mamba_ssm()
             scan = _filtered(funcs["chunk_scan"]) if funcs else _closed_form_chunk_scan
             update = _filtered(funcs["state_update"]) if funcs else None
+            norm = kernels.fused_gated_norm(funcs["gated_norm"] if funcs else _closed_form_gated_norm)
             for module in modules:
+                for name in kernels.GATED_NORMS:
+                    cls = getattr(module, name, None)
+                    if cls is not None:
+                        patched.append((cls, "forward", cls.forward))
+                        cls.forward = norm
                 for attr, repl in (("mamba2_chunk_scan", scan), ("mamba2_selective_state_update", update),
                                    ("causal_conv1d_fn", _conv1d_fn), ("causal_conv1d_update", _conv1d_update)):
                     if repl is not None and hasattr(module, attr):
                         patched.append((module, attr, getattr(module, attr)))
                         setattr(module, attr, repl)
-        with _triton_launches_off():
+        with _triton_launches_off(autotune):
             yield
     finally:
         for module, attr, original in reversed(patched):
