@@ -64,7 +64,7 @@ class _Recompute:
 @torch.inference_mode()
 def generate(backbone, embeds: torch.Tensor | None = None, *, max_new_tokens: int, eos_id=None,
              compressor=None, vision=(0, 0), state=None, chunk: int | None = None, timer=None,
-             after_prefill=None, knockout=None) -> Generation:
+             after_prefill=None, knockout=None, cache=None) -> Generation:
     """Greedy decoding of at most ``max_new_tokens`` tokens per sequence.
 
     With ``eos_id`` (an id or a collection of ids; batch 1) generation stops before EOS. ``state`` is a ready token state
@@ -78,7 +78,8 @@ def generate(backbone, embeds: torch.Tensor | None = None, *, max_new_tokens: in
     step = decode_step
     with stage("prefill_s"):
         if knockout is None:
-            logits, seq = prefill(backbone, embeds, compressor=compressor, vision=vision, chunk=chunk, state=state)
+            logits, seq = prefill(backbone, embeds, compressor=compressor, vision=vision, chunk=chunk, state=state,
+                                  cache=cache)
         else:
             prompt = state if state is not None else TokenState.for_prompt(embeds, vision)
             step = _Recompute(backbone, prompt, knockout, dict(compressor=compressor, chunk=chunk))
