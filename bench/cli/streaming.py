@@ -35,8 +35,10 @@ def add_commands(sub) -> None:
     p.add_argument("--question-tokens", type=flags.positive_int, default=16, help="tokens per question (default 16)")
     p.add_argument("--new-tokens", type=flags.positive_int, default=8, help="answer tokens (default 8)")
     p.add_argument("--prefill-chunk", type=flags.positive_int, help="chunked prefill within each layer")
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    p.add_argument("--dtype", help="float32 | bfloat16 | float16 (default float32; with --gpu bfloat16)")
     p.add_argument("--seed", type=flags.seed, default=0)
+    p.add_argument("--gpu", help="predict instead of running: memory slope and hours of video that fit on this GPU "
+                                 "(e.g. h100), from the fake pass of one chunk and the KV per token (bench.predict)")
     p.add_argument("--output", help="append the records to this JSONL file")
     p.set_defaults(handler=cmd_stream)
 
@@ -50,8 +52,34 @@ def question_times(text: str | None) -> list[float] | None:
         raise UserError(f"--questions must be seconds separated by commas, e.g. 30,60; got {text!r}") from None
 
 
+def cmd_predicted(args) -> int:
+    from bench.predict.stream import predict_stream
+    from bench.records import append_record, environment, make_record
+
+    if args.checkpoint or args.window_frames:
+        raise UserError("stream --gpu predicts a preset's full cache: no --checkpoint, no --window-frames")
+    metrics = predict_stream(args.arch, args.preset, args.compressor, args.gpu, fps=args.fps,
+                             chunk_frames=args.chunk_frames, tokens_per_frame=args.tokens_per_frame,
+                             dtype=args.dtype or "bfloat16")
+    hours = metrics["hours_that_fit"]
+    print(f"{args.arch} {args.preset} {args.compressor} on {metrics['gpu']} (predicted): memory slope "
+          f"{metrics['memory_slope_bytes_per_s'] / 2**20:.3f} MiB per second of video at {args.fps:g} fps, "
+          + (f"{hours:.1f} hours fit" if hours is not None else "memory does not grow: no length limit"))
+    if args.output:
+        spec = {"arch": args.arch, "preset": args.preset, "compressor": args.compressor, "fps": args.fps,
+                "chunk_frames": args.chunk_frames, "tokens_per_frame": args.tokens_per_frame, "gpu": args.gpu,
+                "task": "stream"}
+        env = {k: v for k, v in environment("cpu").items() if k != "kernels"}
+        append_record(args.output, make_record(spec, env, metrics={"row": "predicted", **metrics}, kind="stream",
+                                               row="predicted"))
+    return 0
+
+
 def cmd_stream(args) -> int:
     from bench.records import append_record, check_writable
+
+    if args.gpu:
+        return cmd_predicted(args)
     from bench.stream.build import build_stream, stream_record
 
     stream_plan_args = dict(duration=args.duration, frames=args.frames, questions=question_times(args.questions),

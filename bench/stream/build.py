@@ -70,7 +70,8 @@ def build_stream(args, plan_args: dict) -> Job:
     check_streams(compressor)
     if args.vision == "synthetic" and compressor.wants_tower_hook:
         raise UserError(f"compressor {compressor.name!r} acts in the vision tower: it needs --vision siglip")
-    dtype = getattr(torch, args.dtype, None)
+    dtype_name = args.dtype or "float32"
+    dtype = getattr(torch, dtype_name, None)
     if not isinstance(dtype, torch.dtype):
         raise UserError(f"unknown --dtype {args.dtype!r}; valid: float32, bfloat16, float16")
     backbone = ARCHITECTURES.get(args.arch).build(None if args.checkpoint else args.preset, args.checkpoint,
@@ -110,7 +111,7 @@ def build_stream(args, plan_args: dict) -> Job:
             "frames": stream_plan.frames, "questions": stream_plan.questions, "clock": args.clock,
             "tokens_per_frame": args.tokens_per_frame, "vision": args.vision, "question_tokens": args.question_tokens,
             "new_tokens": args.new_tokens, "window_frames": args.window_frames, "kv_offload": args.kv_offload,
-            "retrieve_frames": args.retrieve_frames, "memory_budget": args.memory_budget, "dtype": args.dtype,
+            "retrieve_frames": args.retrieve_frames, "memory_budget": args.memory_budget, "dtype": dtype_name,
             "device": "cpu", "seed": seed, "task": "stream"}
     return Job(spec, stream_plan, stream, frames_of, question_of, args.new_tokens, weights, environment("cpu"),
                repr(compressor))
