@@ -186,3 +186,21 @@ def test_window_refused_for_pure_mamba(capsys):
     assert run_cli("--arch", "mamba", "--vision", "synthetic", "--fps", "1", "--chunk-frames", "2", "--frames", "4",
                    "--window-frames", "2") == 2
     assert "a window means nothing" in capsys.readouterr().err
+
+
+def test_plot_stream(tmp_path):
+    from bench.reporting.stream_plots import plot_stream, stream_series
+
+    def row(kind, spec, **m):
+        return {"kind": "stream", "row": kind, "spec": spec, "metrics": {"row": kind, **m}}
+
+    full, windowed = {"arch": "transformer", "compressor": "none"}, {"arch": "transformer", "compressor": "stc",
+                                                                     "window_frames": 4}
+    records = [row("chunk", full, stream_s=2, device_bytes=100, chunk_s=0.1),
+               row("chunk", full, stream_s=4, device_bytes=200, chunk_s=0.2),
+               row("summary", full, oom_at_s=4),
+               row("chunk", windowed, stream_s=2, device_bytes=50, chunk_s=0.1)]
+    series = stream_series(records)
+    assert series["transformer / none"]["oom_at_s"] == 4
+    assert series["transformer / stc / window 4"]["memory"] == [50]
+    assert plot_stream(records, str(tmp_path / "s.png")) and (tmp_path / "s.png").stat().st_size > 0

@@ -108,7 +108,7 @@ def build_stream(args, plan_args: dict) -> Job:
         weights += sum(p.numel() * p.element_size() for p in vision.parameters())
     spec = {"arch": args.arch, "preset": None if args.checkpoint else args.preset, "checkpoint": args.checkpoint,
             "compressor": repr(compressor), "fps": args.fps, "chunk_frames": args.chunk_frames,
-            "frames": stream_plan.frames, "questions": stream_plan.questions, "clock": args.clock,
+            "frames": stream_plan.frames, "questions": ",".join(f"{t:g}" for t in stream_plan.questions), "clock": args.clock,
             "tokens_per_frame": args.tokens_per_frame, "vision": args.vision, "question_tokens": args.question_tokens,
             "new_tokens": args.new_tokens, "window_frames": args.window_frames, "kv_offload": args.kv_offload,
             "retrieve_frames": args.retrieve_frames, "memory_budget": args.memory_budget, "dtype": dtype_name,
