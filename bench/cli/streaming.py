@@ -39,6 +39,10 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=flags.seed, default=0)
     p.add_argument("--gpu", help="predict instead of running: memory slope and hours of video that fit on this GPU "
                                  "(e.g. h100), from the fake pass of one chunk and the KV per token (bench.predict)")
+    p.add_argument("--task", choices=("vniah",),
+                   help="vniah: V-NIAH documents streamed (needle early, question at the end), scored; needs "
+                        "--checkpoint and --frames (the haystack length)")
+    p.add_argument("--per-cell", type=flags.positive_int, default=4, help="--task vniah: documents per depth")
     p.add_argument("--output", help="append the records to this JSONL file")
     p.set_defaults(handler=cmd_stream)
 
@@ -75,11 +79,36 @@ def cmd_predicted(args) -> int:
     return 0
 
 
+def cmd_task(args) -> int:
+    from bench.records import append_record
+    from bench.stream.build import build_stream, make_window, stream_record
+    from bench.stream.vniah import streamed_vniah
+
+    if not args.checkpoint or not args.frames:
+        raise UserError("stream --task vniah needs --checkpoint (a trained model) and --frames (the haystack length)")
+    job = build_stream(args, dict(frames=args.frames))
+    stream = job.stream
+    metrics = streamed_vniah(stream.backbone, stream.vision, args.compressor, length=args.frames,
+                             per_cell=args.per_cell, chunk_frames=args.chunk_frames, seed=args.seed,
+                             make_window=lambda: make_window(stream.backbone, args.window_frames, args.kv_offload,
+                                                             args.retrieve_frames))
+    print(f"{args.arch} {args.compressor} window {args.window_frames} retrieve {args.retrieve_frames}: streamed "
+          f"V-NIAH accuracy {metrics['accuracy']:.1f}% over {metrics['n']} documents, "
+          f"{metrics['attended_tokens']:.0f} tokens attended at the question")
+    if args.output:
+        record = stream_record(job, {"row": "task"})
+        record["task"] = {"name": "vniah", "metrics": metrics, "n": metrics["n"]}
+        append_record(args.output, record)
+    return 0
+
+
 def cmd_stream(args) -> int:
     from bench.records import append_record, check_writable
 
     if args.gpu:
         return cmd_predicted(args)
+    if args.task:
+        return cmd_task(args)
     from bench.stream.build import build_stream, stream_record
 
     stream_plan_args = dict(duration=args.duration, frames=args.frames, questions=question_times(args.questions),
