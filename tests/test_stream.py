@@ -204,3 +204,16 @@ def test_plot_stream(tmp_path):
     assert series["transformer / none"]["oom_at_s"] == 4
     assert series["transformer / stc / window 4"]["memory"] == [50]
     assert plot_stream(records, str(tmp_path / "s.png")) and (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_predicted_stream_slopes():
+    """The memory slope on a GPU: KV per token x tokens per frame x fps; the paper-proportioned presets give
+    the hybrid 1/9 of the Transformer's, the pure Mamba-2 none; STC-Pruner's 8 of 16 tokens halve it."""
+    from bench.predict.stream import predict_stream
+
+    got = {(a, c): predict_stream(a, "tiny", c, "h100", fps=2, chunk_frames=4)
+           for a in ARCHS for c in ("none", "stc_pruner")}
+    t, h = got["transformer", "none"]["memory_slope_bytes_per_s"], got["hybrid", "none"]["memory_slope_bytes_per_s"]
+    assert t == 9 * h > 0 and got["mamba", "none"]["hours_that_fit"] is None
+    assert got["hybrid", "stc_pruner"]["memory_slope_bytes_per_s"] * 2 == h
+    assert got["hybrid", "none"]["hours_that_fit"] > got["transformer", "none"]["hours_that_fit"] > 0
