@@ -44,7 +44,8 @@ class Window:
         return position - self.evicted_tokens
 
     def after_chunk(self, cache, first_frame: int, frames: int, tokens: int) -> None:
-        """The chunk's frames join the window (the stream's first frame becomes a sink); the oldest leave."""
+        """The chunk's frames join the window (the stream's first frame becomes a sink); the oldest leave.
+        The chunk's tokens split evenly into its frames (every streaming compressor keeps as many per frame)."""
         per = tokens // frames if frames else 0
         for f in range(first_frame, first_frame + frames):
             if f == 0:
@@ -108,10 +109,10 @@ class Retriever:
     def __init__(self, window: Window, backbone):
         self.window, self.backbone = window, backbone
         self.time_s, self.loaded_bytes, self.frames_by_layer = 0.0, 0, {}
-        self.done: set[int] = set()
 
     def llm_layers(self, backbone) -> frozenset[int]:
-        return frozenset(self.window.layers) - self.done
+        """The question's prefill only: decode steps run no hook, and the loaded frames stay for the answer."""
+        return frozenset(self.window.layers)
 
     def before_layer(self, i: int, state, backbone, cache) -> None:
         t0 = time.perf_counter()
@@ -133,7 +134,6 @@ class Retriever:
         layer.values = torch.cat([layer.values[..., :s, :], *(v for _, v in pairs), layer.values[..., s:, :]], dim=2)
         self.loaded_bytes += sum(k.numel() * k.element_size() * 2 for k, _ in pairs)
         self.frames_by_layer[i] = chosen
-        self.done.add(i)  # decode steps do not run the hook; the loaded frames stay for the answer
         self.time_s += time.perf_counter() - t0
 
     def report(self) -> dict:
