@@ -98,6 +98,17 @@ _ALL = [
     Metric("predicted_peak_mem_bytes", "predicted peak mem", "MiB", ".1f", False, scale=1 / MIB),
     Metric("predicted_max_frames", "predicted max frames", "", "d", True,
            path=("metrics", "max_frames", "predicted_max_frames")),
+    # viperbench stream records (kind "stream"; bench.stream): per chunk, per question, the summary
+    Metric("real_time_factor", "real-time factor", "", ".3f", False, title="Processing time per second of video"),
+    Metric("sustainable_fps", "sustainable fps", "fps", ".2f", True),
+    Metric("memory_slope_bytes_per_s", "memory slope", "KiB/s", ".1f", False, scale=1 / 1024,
+           title="Memory per second of video"),
+    Metric("oom_at_s", "stream length at OOM", "s", ".0f", True),
+    Metric("hours_that_fit", "hours of video that fit", "h", ".1f", True),
+    Metric("device_bytes", "stream memory", "MiB", ".2f", False, scale=1 / MIB, title="KV cache + Mamba state"),
+    Metric("chunk_s", "chunk time", "s", ".3f", False, title="Processing time per chunk"),
+    Metric("lag_s", "lag", "s", ".3f", False),
+    Metric("stream_s", "stream time", "s", ".0f", None),
     # exact work counters per stage (bench.measure.work)
     *(_work(stage, counter) for stage in WORK_STAGES for counter in WORK_COUNTERS),
 ]

@@ -69,6 +69,15 @@ class Compressor:
         return {"spec": repr(self), "added_params": self.added_params(), "time_s": self.time_s,
                 "stages": list(self.stages)}
 
+    # --- streaming (bench.stream) ---------------------------------------------------------
+    # A stream feeds frames chunk by chunk: a compressor streams when each chunk's output depends only on
+    # the frames so far (per-video state carried across calls until ``new_video``). ``cannot_stream``
+    # says why one does not, in a few words (shown in the one-line error).
+    cannot_stream: str | None = None
+    # Set by a stream: hook 2 then carries its per-video state (STC-Pruner's temporal anchor) from one
+    # ``after_projector`` call to the next, as hook 1 always does across batches of frames.
+    streaming = False
+
     # --- hook 1: vision tower -------------------------------------------------------------
     wants_tower_hook = False
 

@@ -90,6 +90,8 @@ def attention_keep(backbone, layer: int, state, kept: int) -> torch.Tensor:
 class Dropper(Compressor):
     """Drops vision tokens before chosen LLM layers; subclasses say where (``plan``) and may transfer."""
 
+    cannot_stream = "it drops tokens inside the LLM over the whole prefill sequence, ranked with the instruction"
+
     def plan(self) -> list[Stage]:
         raise NotImplementedError
 

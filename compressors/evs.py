@@ -38,6 +38,7 @@ class EVS(Compressor):
     """EVS: drop video tokens similar to the same place in the previous frame, before the LLM."""
 
     name = "evs"
+    cannot_stream = "its top-k runs over the tokens of all frames at once"
     params = {"p": 0.5}
     regroups_frames = True
 

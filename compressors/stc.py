@@ -128,6 +128,7 @@ class STCCacher(Compressor):
 
     def new_video(self) -> None:
         """Restart the frame count and forget the reference: the next frame is a reference frame."""
+        super().new_video()
         self._frames_seen = 0
         self._reference: list[tuple[torch.Tensor, ...]] | None = None  # per layer, each [1, T, D]
 
@@ -184,17 +185,23 @@ class STCCacher(Compressor):
 # --- STC-Pruner ---------------------------------------------------------------------------------
 
 
-def anchors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def anchors(x: torch.Tensor, past: tuple[torch.Tensor, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x: [B, F, T, H] -> (temporal, spatial) anchors, each [B, F, H].
 
     Spatial: the frame's mean token. Temporal: the mean of the previous frames' mean tokens (frame 0:
-    its own mean token).
+    its own mean token). ``past``: (sum [B, H], count) of the mean tokens of frames before ``x`` (a
+    stream's earlier chunks), which the temporal anchor then includes.
     """
     spatial = x.mean(dim=2)
     frames = x.shape[1]
-    counts = torch.arange(1, frames, device=x.device, dtype=x.dtype)[None, :, None]
-    previous = spatial.cumsum(dim=1)[:, :-1] / counts
-    return torch.cat([spatial[:, :1], previous], dim=1), spatial
+    if past is None or past[1] == 0:
+        counts = torch.arange(1, frames, device=x.device, dtype=x.dtype)[None, :, None]
+        previous = spatial.cumsum(dim=1)[:, :-1] / counts
+        return torch.cat([spatial[:, :1], previous], dim=1), spatial
+    total, seen = past
+    sums = torch.cat([total[:, None], total[:, None] + spatial.cumsum(dim=1)[:, :-1]], dim=1)
+    counts = torch.arange(seen, seen + frames, device=x.device, dtype=x.dtype)[None, :, None]
+    return sums / counts, spatial
 
 
 def cosine_distance(x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
@@ -218,10 +225,11 @@ def kernel_distance(x: torch.Tensor, anchor: torch.Tensor, scale: torch.Tensor) 
     return 1 - torch.stack(sims).mean(dim=0)
 
 
-def novelty(vision: torch.Tensor, variant: str = "paper") -> torch.Tensor:
-    """Per-token novelty, temporal + spatial distance: [B, F, T, H] -> [B, F, T] float32."""
+def novelty(vision: torch.Tensor, variant: str = "paper", past: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
+    """Per-token novelty, temporal + spatial distance: [B, F, T, H] -> [B, F, T] float32 (``past``: see
+    ``anchors``)."""
     x = vision.float()
-    temporal, spatial = anchors(x)
+    temporal, spatial = anchors(x, past)
     if variant == "paper":
         return cosine_distance(x, temporal) + cosine_distance(x, spatial)
     half = max(1, x.shape[-1] // 2)
@@ -252,15 +260,27 @@ class STCPruner(Compressor):
         if self.variant not in VARIANTS:
             raise UserError(f"compressor {self.name!r}: variant={self.variant!r} must be one of {', '.join(VARIANTS)}")
 
+    def new_video(self) -> None:
+        """Forget the running temporal anchor (it is carried across calls only while ``streaming``)."""
+        super().new_video()
+        self._anchor: tuple[torch.Tensor, int] | None = None  # (sum of past frames' mean tokens, count)
+
     def after_projector(self, vision: torch.Tensor) -> torch.Tensor:
-        """[B, F, T, H] -> [B, F * min(tokens_per_frame, T), H], kept tokens in original order."""
+        """[B, F, T, H] -> [B, F * min(tokens_per_frame, T), H], kept tokens in original order.
+
+        While ``streaming``, the temporal anchor runs on from the frames of earlier calls (a stream's chunks):
+        chunk by chunk selects what one call on all the frames selects."""
         with self.timed():
             b, frames, tokens, hidden = vision.shape
             k = min(self.keep, tokens)
+            past = getattr(self, "_anchor", None) if self.streaming else None
+            if self.streaming:
+                means = vision.float().mean(dim=2).sum(dim=1)
+                self._anchor = (means if past is None else past[0] + means, frames + (past[1] if past else 0))
             if k >= tokens:
                 out = vision.flatten(1, 2)
             else:
-                keep = top_in_order(novelty(vision, self.variant), k)
+                keep = top_in_order(novelty(vision, self.variant, past), k)
                 self.kept_slots = keep[0]  # [frames, k]: which of each frame's tokens survive (real models)
                 out = vision.gather(2, keep[..., None].expand(-1, -1, -1, hidden)).flatten(1, 2)
         self.record("projector", frames * tokens, frames * k)

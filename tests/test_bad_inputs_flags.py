@@ -27,6 +27,7 @@ TEXT_FLAGS = {"--output", "--launcher", "--ray-address", "--gpu", "--mamba-kerne
               "--base", "--head", "--commit", "--store", "--cell",
               "--baseline", "--reference", "--kind", "--x", "--y", "--series", "--out", "--rows", "--cols",
               "--metric", "--format", "--preset", "--predictions", "--knockout", "--probe", "--edges",
+              "--questions", "--clock", "--kv-offload",
               *(CELL_LABELS[name] for name in TEXT)}
 # a minimal valid rest of each command line (nothing is built: the bad value is refused first)
 BASE = {
@@ -41,6 +42,8 @@ BASE = {
     "score": ["score", "--task", "videomme", "--data", "d", "--predictions", "p.jsonl"],
     "table": ["table", "r.jsonl"], "plot": ["plot", "r.jsonl"], "report": ["report", "r.jsonl", "--out", "o"],
     "list": ["list"],
+    "stream": ["stream", "--arch", "transformer", "--vision", "synthetic", "--fps", "1", "--chunk-frames", "2",
+               "--frames", "4"],
     "ab": ["ab", "--base", "."],
     "history add": ["history", "add", "r.jsonl"], "history show": ["history", "show"],
     "history plot": ["history", "plot", "--metric", "decode_tok_s", "--out", "o.png"],

@@ -23,6 +23,7 @@ CONTRACT = [
     (1, "predict",        "bench.predict"),  # peak memory and speed on a named GPU, from a CPU
     (1, "evaluation",     "bench.evaluation"),  # accuracy tasks, lm-eval
     (1, "probes",         "bench.probes"),  # information-flow probes: knockout sweeps, logit lens, mixing
+    (1, "stream",         "bench.stream"),  # a video stream chunk by chunk: questions mid-stream, window, retrieval
     (1, "train",          "bench.train"),  # training the committed tiny checkpoints
     (1, "reporting",      "bench.reporting"),  # reads records: tables, plots, reports, compare, history, A/B
     (2, "measure",        "bench.measure"),  # one cell measured: runner, meters, cost, work, max-frames search

@@ -20,7 +20,7 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("plot", help="a figure from records (PNG or PDF by the file suffix)")
     p.add_argument("files", nargs="+", help="JSONL result files")
-    p.add_argument("--kind", default="xy", help="xy | throughput | memory | maxframes | probes | pareto | niah (default xy)")
+    p.add_argument("--kind", default="xy", help="xy | throughput | memory | maxframes | probes | pareto | niah | flow | stream (default xy)")
     p.add_argument("--x", default="frames", help="x key for xy plots (default frames)")
     p.add_argument("--y", default="prefill_tok_s", help="metric for xy plots (default prefill_tok_s)")
     p.add_argument("--series", help="keys that make one line each (comma list; default: the keys that vary)")
@@ -48,7 +48,7 @@ def cmd_table(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from bench.reporting import flow_plots, plots
+    from bench.reporting import flow_plots, plots, stream_plots
     from bench.reporting.table import load_records
 
     records = load_records(args.files)
@@ -62,6 +62,7 @@ def cmd_plot(args) -> int:
         "pareto": lambda out: plots.plot_pareto(records, out),
         "niah": lambda out: plots.plot_niah(records, out),
         "flow": lambda out: flow_plots.plot_flow(records, out),
+        "stream": lambda out: stream_plots.plot_stream(records, out),
     }
     if args.kind not in kinds:
         raise UserError(f"unknown plot kind {args.kind!r}; valid: {', '.join(kinds)}")

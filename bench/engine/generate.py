@@ -64,7 +64,8 @@ class _Recompute:
 @torch.inference_mode()
 def generate(backbone, embeds: torch.Tensor | None = None, *, max_new_tokens: int, eos_id=None,
              compressor=None, vision=(0, 0), state=None, chunk: int | None = None, timer=None,
-             after_prefill=None, knockout=None, logits: str = "last", logits_dtype: str | None = None) -> Generation:
+             after_prefill=None, knockout=None, logits: str = "last", logits_dtype: str | None = None,
+             cache=None) -> Generation:
     """Greedy decoding of at most ``max_new_tokens`` tokens per sequence.
 
     With ``eos_id`` (an id or a collection of ids; batch 1) generation stops before EOS. ``state`` is a ready token state
@@ -79,7 +80,7 @@ def generate(backbone, embeds: torch.Tensor | None = None, *, max_new_tokens: in
     with stage("prefill_s"):
         if knockout is None:
             logits, seq = prefill(backbone, embeds, compressor=compressor, vision=vision, chunk=chunk, state=state,
-                                  logits=logits, logits_dtype=logits_dtype)
+                                  logits=logits, logits_dtype=logits_dtype, cache=cache)
         else:
             prompt = state if state is not None else TokenState.for_prompt(embeds, vision)
             step = _Recompute(backbone, prompt, knockout, dict(compressor=compressor, chunk=chunk))

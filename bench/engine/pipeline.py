@@ -73,6 +73,9 @@ def prefill(backbone: Backbone, embeds: torch.Tensor, *, grad: bool = False, **k
     Mamba-2 layers of its layer range (see ``_Blocking``). It leaves no cache to decode from (the
     sequence's ``cache`` is None): the masked Mamba-2 form keeps no state, and the blocked pairs change
     as the sequence grows; ``generate(knockout=)`` recomputes the sequence for each new token.
+
+    ``cache``: a cache already holding earlier tokens (a stream, ``bench.stream``): the new tokens are
+    appended to it through the same layer loop; their ``state`` carries their absolute positions.
     """
     with torch.enable_grad() if grad else torch.inference_mode():
         return _prefill(backbone, embeds, **kwargs)
@@ -112,10 +115,11 @@ class _Blocking:
 def _prefill(backbone: Backbone, embeds: torch.Tensor, *, compressor=None, vision=(0, 0),
              chunk: int | None = None, state: TokenState | None = None,
              knockout: Knockout | None = None, logits: str = "last",
-             logits_dtype: str | None = None) -> tuple[torch.Tensor, Sequence]:
+             logits_dtype: str | None = None, cache=None) -> tuple[torch.Tensor, Sequence]:
     if state is None:
         state = TokenState.for_prompt(embeds, vision)
-    cache = backbone.new_cache()
+    if cache is None:
+        cache = backbone.new_cache()
     hooked = compressor.llm_layers(backbone) if compressor is not None else ()
     chunks = _chunk_inputs(backbone, state.positions, chunk)
     blocking = _Blocking(backbone, knockout) if knockout is not None else None
