@@ -45,6 +45,7 @@ BASE = {
     "stream": ["stream", "--arch", "transformer", "--vision", "synthetic", "--fps", "1", "--chunk-frames", "2",
                "--frames", "4"],
     "ab": ["ab", "--base", "."],
+    "lmms-task": ["lmms-task", "videomme", "--data", "d", "--out", "o"],
     "history add": ["history", "add", "r.jsonl"], "history show": ["history", "show"],
     "history plot": ["history", "plot", "--metric", "decode_tok_s", "--out", "o.png"],
     "history html": ["history", "html", "--out", "o"],
@@ -57,7 +58,7 @@ def _commands(parser: argparse.ArgumentParser | None = None, prefix: str = "") -
     out = {}
     for sub in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
         for name, p in sub.choices.items():
-            if name == "lm-eval":  # lm-eval's flags are its own
+            if name in ("lm-eval", "lmms-eval"):  # their flags are their own
                 continue
             nested = _commands(p, f"{prefix}{name} ")
             out.update(nested or {f"{prefix}{name}": p})
