@@ -116,7 +116,7 @@ def cmd_predict(args) -> int:
 
         if spec.batch != 1:
             raise UserError("--serve-batch needs --batch 1 (requests are served one sequence each)")
-        sv = serve_batch(spec, gpu, input_len=record["metrics"]["tokens_after_compression"], requests=args.serve_batch)
+        sv = serve_batch(spec, gpu, requests=args.serve_batch)
         record["metrics"]["serving"] = sv
         text += "\n" + serve_batch_line(sv)
     if args.output:

@@ -256,7 +256,7 @@ def _sim(args) -> list[dict]:
     else:
         gpu = resolve(args.gpu, args.gpu_memory, args.gpu_tflops, args.gpu_bandwidth)
         device, flops_s, bytes_s = gpu.name, gpu.bf16_tflops * 1e12, gpu.bandwidth
-    records, memory = [], {}
+    records, memory = [], _STEP_MEMORY
     for cell in cells:
         spec = _cell_spec(args, cell, "cpu" if gpu is None else "cuda")
         shape = _shape(spec)
@@ -265,10 +265,7 @@ def _sim(args) -> list[dict]:
                                  max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size)
         input_len, extra = cell["input_len"], {}
         if cell["frames"]:
-            tokens = request_tokens(spec)
-            input_len, extra = tokens["tokens_after_compression"], {"input_tokens": tokens["input_tokens"],
-                                                                     "tokens_after_compression": input_len}
-            extra["tokens_after_compression"] = input_len
+            input_len, extra = _request_length(spec, shape, request_tokens(spec))
         kv, where = _kv_bytes(args, shape, settings, gpu, spec, memory)
         record_spec = _record_spec(args, cell, input_len=input_len, device="cpu" if gpu is None else device,
                                    settings=settings, kv_space=args.kv_space if gpu is None else None)
@@ -282,6 +279,17 @@ def _sim(args) -> list[dict]:
             m["calibration"] = calibration
         records.append(serving_record(record_spec, "sim", {"machine": None}, m, settings=m["settings"]))
     return records
+
+
+def _request_length(spec, shape: dict, tokens: dict) -> tuple[int, dict]:
+    """The simulated request of a video cell: as many tokens as its KV cache holds per attention layer on
+    average at the end of its prefill (a compressor dropping inside the layers leaves earlier layers
+    longer caches), or its tokens after compression for a model without attention."""
+    after = tokens["tokens_after_compression"]
+    length = round(tokens["kv_cache_bytes"] / shape["kv_bytes_per_token"]) if shape["kv_bytes_per_token"] else after
+    return max(1, length), {"input_tokens": tokens["input_tokens"], "tokens_after_compression": after,
+                            "request_tokens": "KV cache bytes at the end of prefill / KV bytes per token"
+                            if shape["kv_bytes_per_token"] else "tokens after compression"}
 
 
 def _kv_bytes(args, shape, settings, gpu, spec, memory) -> tuple[int, dict]:
@@ -298,14 +306,17 @@ def _kv_bytes(args, shape, settings, gpu, spec, memory) -> tuple[int, dict]:
     return gpu_kv_bytes(spec, gpu, settings, args.gpu_memory_utilization, memory)
 
 
+_STEP_MEMORY: dict[tuple, dict] = {}  # one process's fake passes at a token budget, per model
+
+
 def gpu_kv_bytes(spec, gpu, settings, utilization: float, memory: dict | None = None) -> tuple[int, dict]:
     """The KV pool vLLM leaves on ``gpu`` for ``spec``'s model: utilization x memory, less the weights and
     the predicted activation peak of one step at the token budget (memoised per arch in ``memory``)."""
     from bench.predict.serving import step_memory
     from bench.serve.simulate import kv_space
 
-    memory = {} if memory is None else memory
-    key = (spec.arch, spec.preset, spec.checkpoint, settings.max_num_batched_tokens)
+    memory = _STEP_MEMORY if memory is None else memory
+    key = (spec.arch, spec.preset, spec.checkpoint, spec.dtype, settings.max_num_batched_tokens)
     if key not in memory:
         memory[key] = step_memory(spec, settings.max_num_batched_tokens)
     m = memory[key]
@@ -315,18 +326,21 @@ def gpu_kv_bytes(spec, gpu, settings, utilization: float, memory: dict | None = 
                 "profile_tokens": m["profile_tokens"], "gpu_memory_utilization": utilization, "kv_space_bytes": kv}
 
 
-def serve_batch(spec, gpu, *, input_len: int, requests: int) -> dict:
-    """``predict --serve-batch``: ``requests`` requests of ``spec``'s cell (``input_len`` tokens after
-    compression, ``spec.new_tokens`` generated) served by the simulated engine at vLLM's defaults on ``gpu``."""
+def serve_batch(spec, gpu, *, requests: int) -> dict:
+    """``predict --serve-batch``: ``requests`` requests of ``spec``'s cell (``spec.new_tokens`` generated each)
+    served by the simulated engine at vLLM's defaults on ``gpu``."""
+    from bench.predict.serving import request_tokens
     from bench.serve.sim import Efficiency
     from bench.serve.simulate import engine_defaults, simulate
 
     settings = engine_defaults("gpu", gpu.memory_bytes, gpu.name)
     kv, where = gpu_kv_bytes(spec, gpu, settings, 0.9)
-    m = simulate(_shape(spec), prompts=[input_len] * requests, outputs=[max(1, spec.new_tokens)] * requests,
+    shape = _shape(spec)
+    input_len, extra = _request_length(spec, shape, request_tokens(spec))
+    m = simulate(shape, prompts=[input_len] * requests, outputs=[max(1, spec.new_tokens)] * requests,
                  kv_bytes=kv, peak_flops=gpu.bf16_tflops * 1e12, bandwidth=gpu.bandwidth, settings=settings,
                  efficiency=Efficiency())
-    m["memory"] = where
+    m.update(extra, request_len=input_len, memory=where)
     return m
 
 

@@ -22,10 +22,13 @@ def step_memory(spec, tokens: int, *, mamba: str = "mamba-ssm") -> dict:
 
 
 def request_tokens(spec, *, mamba: str = "mamba-ssm") -> dict:
-    """A request of ``spec``'s cell (its frames, prompt and compressor): input tokens and tokens after
-    compression, from the predicted pass."""
+    """A request of ``spec``'s cell (its frames, prompt and compressor): input tokens, tokens after
+    compression and the KV cache bytes at the end of its prefill, from the predicted pass. A compressor that
+    drops inside the layers (TransV) leaves the attention layers before its last stage longer caches than
+    the tokens after compression say; the KV bytes count them."""
     from bench.predict.fake_pass import predict_pass
 
     result = predict_pass(spec.replace(batch=1, new_tokens=1), target="gpu", mamba=mamba)
     return {"input_tokens": result["input_tokens"], "tokens_after_compression": result["tokens_after_compression"],
+            "kv_cache_bytes": result["end_of_prefill"]["kv_cache_bytes"],
             "compressor_params_bytes": result["parts"]["compressor_params_bytes"]}
