@@ -25,7 +25,12 @@ def serve(label: str, argv: list[str]) -> list[dict]:
     path = f"{OUT}.part"
     if os.path.exists(path):
         os.remove(path)
-    if main(["serve", "--engine", "sim", *argv, "--output", path, "--json"]) != 0:
+    quiet, sys.stderr = sys.stderr, open(os.devnull, "w")  # serve's own lines are not the tables
+    try:
+        code = main(["serve", "--engine", "sim", *argv, "--output", path, "--json"])
+    finally:
+        sys.stderr = quiet
+    if code != 0:
         sys.exit(f"{label}: serve failed")
     records = [json.loads(line) for line in open(path)]
     os.remove(path)
