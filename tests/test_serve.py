@@ -125,7 +125,7 @@ def test_serve_sim_record_reads_in_a_table(tmp_path, capsys):
     out = tmp_path / "sim.jsonl"
     assert main(["serve", "--arch", "transformer,hybrid", "--preset", "tiny", "--input-len", "512", "--output-len", "64",
                  "--num-prompts", "8", "--gpu", "custom", "--gpu-memory", "1GiB", "--gpu-tflops", "10",
-                 "--gpu-bandwidth", "100GB/s", "--output", str(out)]) == 0
+                 "--gpu-bandwidth", "100GB/s", "--max-num-batched-tokens", "1024", "--output", str(out)]) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["kind"] for r in records] == ["serving"] * 2 and {r["engine"] for r in records} == {"sim"}
     for r in records:
@@ -142,7 +142,7 @@ def test_serve_sim_record_reads_in_a_table(tmp_path, capsys):
 def test_serve_sim_frames_and_compressor_shorten_the_request(tmp_path):
     out = tmp_path / "sim.jsonl"
     common = ["serve", "--arch", "hybrid", "--preset", "tiny", "--frames", "64", "--output-len", "8", "--num-prompts",
-              "4", "--gpu", "rtx-4090", "--output", str(out)]
+              "4", "--gpu", "rtx-4090", "--max-num-batched-tokens", "1200", "--output", str(out)]
     assert main(common) == 0
     assert main(common + ["--compressor", "uniform:layer=0,p=0.5"]) == 0
     full, dropped = [json.loads(line) for line in out.read_text().splitlines()]
@@ -157,7 +157,7 @@ def test_serve_sim_frames_and_compressor_shorten_the_request(tmp_path):
     (["--arch", "hybrid", "--preset", "tiny", "--input-len", "64", "--efficiency", "gemm=2"], "must be in"),
     (["--arch", "hybrid", "--preset", "tiny", "--input-len", "100000", "--kv-blocks", "3"], "not one request fits"),
     (["--arch", "hybrid", "--preset", "tiny", "--input-len", "64", "--gpu", "custom", "--gpu-memory", "1MiB",
-      "--gpu-tflops", "1", "--gpu-bandwidth", "1GB/s"], "no KV space"),
+      "--gpu-tflops", "1", "--gpu-bandwidth", "1GB/s", "--max-num-batched-tokens", "256"], "no KV space"),
 ])
 def test_serve_bad_input_is_one_line(argv, message, capsys):
     assert main(["serve", *argv]) == 2
@@ -270,7 +270,7 @@ def test_real_vllm_engine(tmp_path):
         pytest.skip("VIPERBENCH_VLLM_PYTHON is not set")
     out = tmp_path / "real.jsonl"
     assert main(["serve", "--engine", "vllm", "--arch", "transformer,hybrid", "--preset", "tiny", "--input-len", "64",
-                 "--output-len", "16", "--num-prompts", "4", "--output", str(out)]) == 0
+                 "--output-len", "16", "--num-prompts", "4", "--gpu-memory-utilization", "0.3", "--output", str(out)]) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(r["status"] == "ok" and r["metrics"]["generated_tok_s"] > 0 for r in records)
     assert records[0]["env"]["engine"]["vllm"]

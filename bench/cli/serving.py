@@ -36,6 +36,8 @@ def add_commands(sub) -> None:
     p.add_argument("--kv-space", type=flags.positive_size,
                    help="KV pool: vllm on CPU sets VLLM_CPU_KVCACHE_SPACE (whole GiB; default 1GiB); sim uses it "
                         "instead of the GPU memory left")
+    p.add_argument("--gpu-memory-utilization", type=flags.fraction,
+                   help="vLLM's share of the GPU memory (default 0.9; on vLLM-CPU the share of RAM it checks is free)")
     p.add_argument("--kv-blocks", type=flags.positive_int, help="KV pool in blocks (vLLM's --num-gpu-blocks-override)")
     p.add_argument("--seed", type=flags.nonnegative_int, default=0, help="prompt sampling seed (default 0)")
     p.add_argument("--output", help="append the records to this JSONL file")
@@ -48,8 +50,7 @@ def add_commands(sub) -> None:
     g.add_argument("--gpu-memory", type=flags.positive_size, help="override the GPU's memory, e.g. 80GiB")
     g.add_argument("--gpu-tflops", type=flags.positive_float, help="override its dense bf16 TFLOP/s")
     g.add_argument("--gpu-bandwidth", type=flags.positive_rate, help="override its memory bandwidth, e.g. 3.35TB/s")
-    g.add_argument("--gpu-memory-utilization", type=flags.fraction, default=0.9,
-                   help="vLLM's share of the GPU memory (default 0.9)")
+
     g.add_argument("--efficiency", help="fractions of the roofline: gemm=0.7,attention=0.5,scan=0.3 (any of them)")
     g.add_argument("--step-overhead", type=flags.nonnegative_float, help="seconds per engine step (default 0.003)")
     g.add_argument("--calibrate", help="fit the efficiencies and step overhead to the measured engine: vllm records "
@@ -148,7 +149,8 @@ def _record_spec(args, cell: dict, *, input_len: int, device: str, settings, kv_
                         device=device, input_len=input_len, output_len=cell["output_len"],
                         num_prompts=cell["num_prompts"], max_num_seqs=settings.max_num_seqs,
                         max_num_batched_tokens=settings.max_num_batched_tokens, block_size=settings.block_size,
-                        gpu_memory_utilization=args.gpu_memory_utilization if device != "cpu" else None,
+                        gpu_memory_utilization=args.gpu_memory_utilization if device == "cpu" else
+                        (args.gpu_memory_utilization or 0.9),
                         kv_space_bytes=kv_space, kv_blocks_override=args.kv_blocks)
 
 
@@ -192,6 +194,7 @@ def _vllm(args) -> list[dict]:
             engine_settings = {"max_num_seqs": settings.max_num_seqs, "block_size": settings.block_size,
                                "max_num_batched_tokens": settings.max_num_batched_tokens, "dtype": args.dtype,
                                "VLLM_CPU_KVCACHE_SPACE": kv_space // 2**30, "num_gpu_blocks_override": args.kv_blocks,
+                               "gpu_memory_utilization": args.gpu_memory_utilization,
                                "enable_prefix_caching": False, "enable_chunked_prefill": True,
                                "max_model_len": cell["input_len"] + cell["output_len"], "seed": args.seed,
                                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
@@ -205,7 +208,8 @@ def _vllm(args) -> list[dict]:
                                          num_prompts=cell["num_prompts"], dtype=args.dtype,
                                          max_num_seqs=settings.max_num_seqs,
                                          max_num_batched_tokens=settings.max_num_batched_tokens,
-                                         block_size=settings.block_size, kv_blocks=args.kv_blocks, seed=args.seed)
+                                         block_size=settings.block_size, kv_blocks=args.kv_blocks, seed=args.seed,
+                                         gpu_memory_utilization=args.gpu_memory_utilization)
             except drv.EngineFailed as exc:
                 if len(cells) == 1:
                     raise UserError(str(exc)) from None
@@ -303,7 +307,7 @@ def _kv_bytes(args, shape, settings, gpu, spec, memory) -> tuple[int, dict]:
         if not args.kv_space:
             raise UserError("a CPU simulation needs --kv-space (vLLM-CPU's VLLM_CPU_KVCACHE_SPACE) or --kv-blocks")
         return args.kv_space, {"kv": "--kv-space"}
-    return gpu_kv_bytes(spec, gpu, settings, args.gpu_memory_utilization, memory)
+    return gpu_kv_bytes(spec, gpu, settings, args.gpu_memory_utilization or 0.9, memory)
 
 
 _STEP_MEMORY: dict[tuple, dict] = {}  # one process's fake passes at a token budget, per model

@@ -42,7 +42,8 @@ def engine_python(given: str | None) -> str:
 
 def throughput_args(model: str, *, input_len: int, output_len: int, num_prompts: int, dtype: str,
                     max_num_seqs: int | None, max_num_batched_tokens: int | None, block_size: int | None,
-                    kv_blocks: int | None, seed: int, output_json: str) -> list[str]:
+                    kv_blocks: int | None, seed: int, output_json: str,
+                    gpu_memory_utilization: float | None = None) -> list[str]:
     """The flags of ``vllm bench throughput`` for one run: random prompts of exact lengths, prefix caching
     off (random prompts share no prefix, and NemotronH's Mamba prefill fails with it on CPU)."""
     args = ["--model", model, "--tokenizer", model, "--dataset-name", "random",
@@ -51,7 +52,8 @@ def throughput_args(model: str, *, input_len: int, output_len: int, num_prompts:
             "--max-model-len", str(input_len + output_len), "--no-enable-prefix-caching", "--seed", str(seed),
             "--output-json", output_json]
     for flag, value in (("--max-num-seqs", max_num_seqs), ("--max-num-batched-tokens", max_num_batched_tokens),
-                        ("--block-size", block_size), ("--num-gpu-blocks-override", kv_blocks)):
+                        ("--block-size", block_size), ("--num-gpu-blocks-override", kv_blocks),
+                        ("--gpu-memory-utilization", gpu_memory_utilization)):
         if value is not None:
             args += [flag, str(value)]
     return args
@@ -62,7 +64,10 @@ _BLOCK = re.compile(r"Setting attention block size to (\d+) tokens")
 _OUTPUT = re.compile(r"Total num output tokens:\s+(\d+)")
 _INIT = re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s")
 _ENGINE = re.compile(r"^VIPERBENCH_ENGINE (\{.*\})$", re.M)
-_WHY = re.compile(r"^(?:\(\w+ pid=\d+\) )?(?:[\w.]*(?:Error|Exception)): .+$", re.M)
+_WHY = re.compile(r"^(?:\([\w-]+ pid=\d+\) )?(?:ERROR [\d-]+ [\d:]+ \[[^\]]+\] )?([\w.]*(?:Error|Exception): .+)$", re.M)
+# errors that only say another one came first (the engine core died, its start failed)
+_WRAPPERS = ("EngineDeadError", "Engine core initialization failed", "EngineGenerateError", "See stack trace",
+             "See root cause")
 
 
 def parse_log(text: str) -> dict:
@@ -80,10 +85,12 @@ def parse_log(text: str) -> dict:
 
 
 def failure_line(text: str) -> str:
-    """The line of a failed engine's output that says why: its last error line, or its last line."""
+    """The line of a failed engine's output that says why: its last error line that is not only a wrapper of
+    another (vLLM's engine core logs the root cause, then dies with EngineDeadError), or its last line."""
     errors = _WHY.findall(text)
-    if errors:
-        line = errors[-1]
+    causes = [e for e in errors if not any(w in e for w in _WRAPPERS)]
+    if causes or errors:
+        line = (causes or errors)[-1]
     else:
         lines = [ln for ln in text.splitlines() if ln.strip()]
         line = lines[-1] if lines else "no output"
