@@ -109,6 +109,19 @@ _ALL = [
     Metric("chunk_s", "chunk time", "s", ".3f", False, title="Processing time per chunk"),
     Metric("lag_s", "lag", "s", ".3f", False),
     Metric("stream_s", "stream time", "s", ".0f", None),
+    # serving records (bench.serve): vLLM measured, or its scheduler simulated
+    Metric("generated_tok_s", "generated", "tok/s", ".1f", True, TIMING, title="Generated tokens/s (serving)"),
+    Metric("total_tok_s", "total", "tok/s", ".1f", True, TIMING, title="Input + generated tokens/s (serving)"),
+    Metric("requests_s", "requests", "req/s", ".3f", True, TIMING, title="Requests/s (serving)"),
+    *(Metric(f"{m}_p{p}_s", f"{m.upper()} p{p}", "s", ".4f", False) for m in ("ttft", "tpot") for p in (50, 90, 99)),
+    Metric("mean_ttft_s", "mean TTFT", "s", ".4f", False),
+    Metric("mean_tpot_s", "mean TPOT", "s", ".4f", False),
+    Metric("mean_running_seqs", "mean running seqs", "", ".2f", None),
+    Metric("max_running_seqs", "max running seqs", "", "d", None),
+    Metric("preemptions", "preemptions", "", "d", False),
+    Metric("kv_pool_bytes", "KV pool", "MiB", ".1f", None, scale=1 / MIB),
+    Metric("peak_kv_used_bytes", "KV used at peak", "MiB", ".1f", None, scale=1 / MIB),
+    Metric("state_slot_bytes", "state slot per request", "MiB", ".2f", None, scale=1 / MIB),
     # exact work counters per stage (bench.measure.work)
     *(_work(stage, counter) for stage in WORK_STAGES for counter in WORK_COUNTERS),
 ]

@@ -21,6 +21,7 @@ CONTRACT = [
     (0, "cli",            "bench.cli"),  # the command line: parses flags, calls the rooms below
     (1, "launch",         "bench.launch"),  # where a cell runs: inline, child process, Ray; matrices
     (1, "predict",        "bench.predict"),  # peak memory and speed on a named GPU, from a CPU
+    (1, "serve",          "bench.serve"),  # serving: vLLM driven as a child process, its scheduler simulated
     (1, "evaluation",     "bench.evaluation"),  # accuracy tasks, lm-eval
     (1, "probes",         "bench.probes"),  # information-flow probes: knockout sweeps, logit lens, mixing
     (1, "stream",         "bench.stream"),  # a video stream chunk by chunk: questions mid-stream, window, retrieval

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.cli import capacity, cells, evaluation, flow, gate, reporting, streaming, training
+from bench.cli import capacity, cells, evaluation, flow, gate, reporting, serving, streaming, training
 from bench.cli.common import CELL_FLAGS, CELL_LABELS, Parser
 from bench.errors import CheckFailed, UserError
 
-GROUPS = (cells, capacity, evaluation, training, gate, reporting, flow, streaming)
+GROUPS = (cells, capacity, serving, evaluation, training, gate, reporting, flow, streaming)
 __all__ = ["CELL_FLAGS", "CELL_LABELS", "build_parser", "main"]
 
 

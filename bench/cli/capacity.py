@@ -41,7 +41,7 @@ def add_commands(sub) -> None:
     p.add_argument("--precision", type=flags.fraction, default=1 / 32,
                    help="max-frames search precision (default 1/32)")
     p.add_argument("--serve-batch", type=flags.positive_int,
-                   help="also predict generated tokens/s for this many requests served together (needs --batch 1)")
+                   help="also simulate this many requests served by vLLM (bench.serve; needs --batch 1)")
     p.add_argument("--json", action="store_true", help="print the record as JSON instead of the summary")
     p.add_argument("--output", help="append the record to this JSONL file")
     p.set_defaults(handler=cmd_predict)
@@ -109,8 +109,17 @@ def cmd_predict(args) -> int:
     record = predict(spec, gpu, target=target, mamba=args.mamba_kernels,
                      context_margin=args.context_margin,
                      allocator_margin=args.allocator_margin, max_frames=not args.no_max_frames,
-                     limit=args.frames_limit, precision=args.precision, serve_batch=args.serve_batch)
+                     limit=args.frames_limit, precision=args.precision)
+    text = summary(record)
+    if args.serve_batch:
+        from bench.cli.serving import serve_batch, serve_batch_line
+
+        if spec.batch != 1:
+            raise UserError("--serve-batch needs --batch 1 (requests are served one sequence each)")
+        sv = serve_batch(spec, gpu, requests=args.serve_batch)
+        record["metrics"]["serving"] = sv
+        text += "\n" + serve_batch_line(sv)
     if args.output:
         append_record(args.output, record)
-    print(json.dumps(record, default=str) if args.json else summary(record))
+    print(json.dumps(record, default=str) if args.json else text)
     return 0

@@ -294,3 +294,38 @@ def record_cost(spec, model, metrics: dict, env: dict) -> dict:
     except RuntimeError as exc:  # a probe that cannot run leaves utilisation out, never the record
         out["utilisation"] = {"error": str(exc).splitlines()[0][:200]}
     return out
+
+
+# --- per-token coefficients of a serving step (bench.serve) ---------------------------------
+
+
+def serving_shape(backbone, dtype_bytes: int) -> dict:
+    """What a serving step costs per token, from the same formulas as ``flops`` and ``decode_bytes``:
+    GEMM FLOPs per token (every Linear/Conv1d weight, ``2 W``), attention FLOPs per query-key pair over
+    all attention layers (``4 H d``), Mamba scan FLOPs per prefill token (chunked SSD) and per decode token,
+    the LM head per sampled token, KV bytes per token, Mamba state bytes per sequence (SSM state float32,
+    the last ``conv_kernel - 1`` conv inputs in the model's dtype, as vLLM's Mamba-2 layers hold them) and per
+    layer, and the weights a step reads."""
+    cfg, kinds = backbone.config, backbone.layer_kinds()
+    weights = _layer_weights(backbone)
+    out = {"gemm_flops_per_token": 2.0 * sum(weights), "attention_flops_per_pair": 0.0,
+           "scan_flops_per_prefill_token": 0.0, "scan_flops_per_decode_token": 0.0,
+           "head_flops_per_sample": 2.0 * cfg.hidden_size * cfg.vocab_size,
+           "attention_layers": kinds.count(ATTENTION), "mamba_layers": kinds.count(MAMBA),
+           "kv_bytes_per_token": kv_bytes_per_token(backbone, dtype_bytes),
+           "weights_read_bytes": weights_read_per_step(backbone, dtype_bytes), "dtype_bytes": dtype_bytes}
+    if ATTENTION in kinds:
+        a = attention_shape(cfg)
+        out["attention_flops_per_pair"] = 4.0 * a["heads"] * a["head_dim"] * kinds.count(ATTENTION)
+    out["state_bytes_per_sequence"] = out["state_bytes_per_layer"] = 0
+    if MAMBA in kinds:
+        m = mamba_shape(cfg)
+        # as vLLM holds it: the SSM state in float32, the conv state's last conv_kernel - 1 inputs
+        out["state_bytes_per_layer"] = (m["heads"] * m["head_dim"] * m["state"] * 4
+                                        + (m["conv_kernel"] - 1) * m["conv_dim"] * dtype_bytes)
+        out["state_bytes_per_sequence"] = out["state_bytes_per_layer"] * kinds.count(MAMBA)
+        hp, n = kinds.count(MAMBA), m["heads"] * m["head_dim"]
+        out["scan_flops_per_prefill_token"] = 2.0 * hp * (m["chunk"] * m["groups"] * m["state"] + m["chunk"] * n
+                                                          + 2 * n * m["state"])
+        out["scan_flops_per_decode_token"] = 4.0 * hp * n * m["state"]
+    return out

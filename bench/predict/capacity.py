@@ -13,20 +13,17 @@
   the GPU path) and confirms around it.
 - **Roofline**: analytic FLOPs and bytes (``bench.measure.cost``) over the GPU's dense bf16 peak and
   bandwidth: lower bounds on prefill and decode time.
-- **Serving** (``serve_batch``): generated tokens/s of a batch of identical requests when
-  the KV cache of the whole batch does not fit: as a serving engine would, only as many
-  sequences run at once as fit, in waves.
+- **Serving** (``predict --serve-batch``) is not here: the CLI asks the serving simulation
+  (``bench.serve``, vLLM's scheduler) with this prediction's tokens after compression.
 
 Every number is a prediction and is labelled so, in the record and in the printout.
 """
 
 from __future__ import annotations
 
-import math
 import time
 
-from bench.measure.cost import (account, decode_bytes, flops, kv_bytes_per_token, llm_input_tokens, roofline,
-                        tokens_per_layer, weights_read_per_step)
+from bench.measure.cost import account, roofline, weights_read_per_step
 from bench.errors import UserError
 from bench.predict.gpus import GPU
 from bench.records import environment, make_record
@@ -133,55 +130,9 @@ def predicted_cost(spec, result: dict, gpu: GPU) -> dict:
     return {"cost": cost, "predicted_roofline": bound}
 
 
-def serving(spec, result: dict, gpu: GPU, budget: int, serve_batch: int) -> dict:
-    """Generated tokens/s (roofline upper bound) for ``serve_batch`` identical requests of ``spec``'s lengths.
-
-    The caches of the sequences that run at once, each at its final length (input after compression +
-    new tokens), must fit next to the weights and the activations of one prefill (``result``, predicted at
-    batch 1: a serving engine prefills one request at a time); the requests run in waves of that size.
-    Each wave: its prefills (compute-bound lower bound) and ``new_tokens`` decode steps (max of compute and
-    bytes over bandwidth, the whole cache read every step).
-    """
-    if spec.batch != 1:
-        raise UserError("--serve-batch needs --batch 1 (requests are prefilled one at a time)")
-    bb = _skeleton(spec)
-    db = _dtype_bytes(spec)
-    parts = result["parts"]
-    stages = result["compressor"]["stages"]
-    kv_prefill = result["end_of_prefill"]["kv_cache_bytes"]  # one sequence, after compression
-    state = result["end_of_prefill"]["ssm_state_bytes"] + result["end_of_prefill"]["conv_state_bytes"]
-    per_token = kv_bytes_per_token(bb, db)
-    per_seq = kv_prefill + per_token * spec.new_tokens + state
-    room = budget - sum(parts[k] for k in ("weights_bytes", "vision_weights_bytes", "frames_bytes",
-                                           "compressor_params_bytes", "activations_bytes"))
-    concurrent = max(0, min(serve_batch, int(room // per_seq)))
-    if concurrent == 0:
-        return {"serve_batch": serve_batch, "concurrent_sequences": 0, "fits": False}
-    waves = math.ceil(serve_batch / concurrent)
-    tokens = tokens_per_layer(bb.num_layers, llm_input_tokens(result["input_tokens"], result["vision_tokens"],
-                                                              stages), stages)
-    peak_flops, bw = gpu.bf16_tflops * 1e12, gpu.bandwidth
-    weights = weights_read_per_step(bb, db)
-    prefill_s = max(flops(bb, tokens, 1, 0, spec.logits == "all")["prefill_flops"] / peak_flops, weights / bw)
-    decode_s = 0.0
-    sizes = [concurrent] * (serve_batch // concurrent) + ([serve_batch % concurrent] if serve_batch % concurrent
-                                                          else [])
-    for batch in sizes:
-        f = flops(bb, tokens, batch, spec.new_tokens)["decode_flops"]
-        b = decode_bytes(weights, kv_prefill * batch, per_token, state * batch, batch, spec.new_tokens)
-        decode_s += max(f / peak_flops, b / bw)
-    total = serve_batch * prefill_s + decode_s
-    generated = serve_batch * spec.new_tokens
-    return {"serve_batch": serve_batch, "concurrent_sequences": concurrent, "waves": waves,
-            "cache_bytes_per_sequence": per_seq, "prefill_s_lower_bound": serve_batch * prefill_s,
-            "decode_s_lower_bound": decode_s, "predicted_generated_tok_s": generated / total,
-            "predicted_decode_tok_s": generated / decode_s, "fits": True}
-
-
 def predict(spec, gpu: GPU | None, *, target: str = "gpu", mamba: str = "mamba-ssm",
             context_margin: int = DEFAULT_CONTEXT_MARGIN, allocator_margin: float = DEFAULT_ALLOCATOR_MARGIN,
-            max_frames: bool = True, limit: int = 1 << 20, precision: float = 1 / 32,
-            serve_batch: int | None = None) -> dict:
+            max_frames: bool = True, limit: int = 1 << 20, precision: float = 1 / 32) -> dict:
     """The prediction record of ``spec`` (kind ``prediction``)."""
     t0 = time.perf_counter()
     if target == "gpu":
@@ -223,8 +174,6 @@ def predict(spec, gpu: GPU | None, *, target: str = "gpu", mamba: str = "mamba-s
         metrics.update(predicted_cost(spec, result, gpu))
     if max_frames:
         metrics["max_frames"] = predicted_max_frames(predictor, limit=limit, precision=precision)
-    if serve_batch and gpu is not None:
-        metrics["serving"] = serving(spec, result, gpu, budget, serve_batch)
     metrics["predict_s"] = time.perf_counter() - t0
     env = {k: v for k, v in environment("cpu").items() if k != "kernels"}
     return make_record({**spec.to_dict(), "device": "cuda" if target == "gpu" else "cpu"}, env, metrics=metrics,
@@ -279,14 +228,6 @@ def summary(record: dict) -> str:
         lines.append(f"  predicted roofline: prefill >= {rl['prefill_s_lower_bound']:.3f} s "
                      f"(<= {rl['prefill_tok_s_upper_bound']:.0f} tok/s){decode}; "
                      f"prefill {m['cost']['prefill_flops'] / 1e12:.1f} TFLOP")
-    sv = m.get("serving")
-    if sv:
-        if not sv["fits"]:
-            lines.append(f"  serving batch {sv['serve_batch']}: not even one sequence fits (predicted)")
-        else:
-            lines.append(f"  serving {sv['serve_batch']} requests: {sv['concurrent_sequences']} at once "
-                         f"({sv['waves']} wave(s)), predicted <= {sv['predicted_generated_tok_s']:.0f} generated tok/s "
-                         f"end to end, <= {sv['predicted_decode_tok_s']:.0f} tok/s in decode")
     method = m["method"]
     if method.get("mamba_kernels"):
         lines.append(f"  Mamba layers: {method['mamba_kernels']}")

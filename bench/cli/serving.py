@@ -1,0 +1,406 @@
+"""``serve``: serving throughput measured on vLLM (``--engine vllm``) or simulated for any GPU (``--engine sim``)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+
+from bench import flags
+from bench.cli.common import split
+from bench.errors import UserError
+
+SUMMARY = ("generated_tok_s", "total_tok_s", "requests_s", "ttft_p50_s", "tpot_p50_s", "mean_running_seqs",
+           "max_running_seqs", "preemptions")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("serve", help="serving throughput: vLLM's benchmark measured, or its scheduler simulated")
+    p.add_argument("--engine", default="sim", help="sim (vLLM's V1 scheduler simulated; default) | vllm")
+    p.add_argument("--arch", help="backbones (comma list)")
+    p.add_argument("--preset", help="tiny | small | paper (random weights)")
+    p.add_argument("--checkpoint", help="local checkpoint directory of the arch's family")
+    p.add_argument("--dtype", default="bfloat16", help="model dtype (default bfloat16)")
+    p.add_argument("--input-len", help="prompt tokens per request (comma list)")
+    p.add_argument("--frames", help="instead of --input-len: a video cell's frames (comma list); the request is "
+                                    "its tokens after --compressor")
+    p.add_argument("--compressor", default="none", help="with --frames: name:key=value,... (default none)")
+    p.add_argument("--tokens-per-frame", default=16, type=flags.positive_int, help="with --frames (default 16)")
+    p.add_argument("--prompt-tokens", default=64, type=flags.positive_int, help="with --frames (default 64)")
+    p.add_argument("--output-len", default="128", help="generated tokens per request (comma list; default 128)")
+    p.add_argument("--num-prompts", default="64", help="requests, all arriving at once (comma list; default 64)")
+    p.add_argument("--max-num-seqs", help="vLLM's max running requests (comma list; default vLLM's for the device)")
+    p.add_argument("--max-num-batched-tokens", type=flags.positive_int, help="vLLM's token budget per step")
+    p.add_argument("--block-size", type=flags.positive_int, help="KV block tokens (default 16 on a GPU, 128 on CPU)")
+    p.add_argument("--kv-space", type=flags.positive_size,
+                   help="KV pool: vllm on CPU sets VLLM_CPU_KVCACHE_SPACE (whole GiB; default 1GiB); sim uses it "
+                        "instead of the GPU memory left")
+    p.add_argument("--gpu-memory-utilization", type=flags.fraction,
+                   help="vLLM's share of the GPU memory (default 0.9; on vLLM-CPU the share of RAM it checks is free)")
+    p.add_argument("--kv-blocks", type=flags.positive_int, help="KV pool in blocks (vLLM's --num-gpu-blocks-override)")
+    p.add_argument("--seed", type=flags.nonnegative_int, default=0, help="prompt sampling seed (default 0)")
+    p.add_argument("--output", help="append the records to this JSONL file")
+    p.add_argument("--json", action="store_true", help="print the records as JSON lines instead of the table")
+    g = p.add_argument_group("--engine vllm")
+    g.add_argument("--engine-python", help="vLLM's interpreter (default $VIPERBENCH_VLLM_PYTHON)")
+    g.add_argument("--timeout", type=flags.positive_float, default=900.0, help="seconds per engine run (default 900)")
+    g = p.add_argument_group("--engine sim")
+    g.add_argument("--gpu", help="GPU from predict's table (default h100-80gb) or custom")
+    g.add_argument("--gpu-memory", type=flags.positive_size, help="override the GPU's memory, e.g. 80GiB")
+    g.add_argument("--gpu-tflops", type=flags.positive_float, help="override its dense bf16 TFLOP/s")
+    g.add_argument("--gpu-bandwidth", type=flags.positive_rate, help="override its memory bandwidth, e.g. 3.35TB/s")
+
+    g.add_argument("--efficiency", help="fractions of the roofline: gemm=0.7,attention=0.5,scan=0.3 (any of them)")
+    g.add_argument("--step-overhead", type=flags.nonnegative_float, help="seconds per engine step (default 0.003)")
+    g.add_argument("--calibrate", help="fit the efficiencies and step overhead to the measured engine: vllm records "
+                                       "of this JSONL file, and predict for the CPU they were measured on")
+    g.add_argument("--replay", help="with --calibrate: simulate every measured record of this file at its settings")
+    p.set_defaults(handler=cmd_serve)
+
+
+def _ints(text: str | None, flag: str) -> list[int | None]:
+    if text is None:
+        return [None]
+    values = split(text)
+    if not values:
+        raise UserError(f"{flag} is empty")
+    return [flags.positive_int.parse(v) if v else None for v in values]
+
+
+def _efficiency(args):
+    from bench.serve.sim import KINDS, Efficiency
+
+    given = {}
+    for item in split(args.efficiency or ""):
+        key, eq, value = item.partition("=")
+        if not eq or key.strip() not in KINDS:
+            raise UserError(f"malformed --efficiency {item!r}: expected gemm=F, attention=F or scan=F")
+        given[key.strip()] = flags.positive_float.parse(value)
+    if args.step_overhead is not None:
+        given["step_overhead_s"] = args.step_overhead
+    return Efficiency(**given).check()
+
+
+def _cells(args) -> list[dict]:
+    if args.input_len is None and args.frames is None:
+        raise UserError("serve needs --input-len or --frames")
+    if args.input_len is not None and args.frames is not None:
+        raise UserError("give --input-len or --frames, not both")
+    if args.frames is None and args.compressor != "none":
+        raise UserError("--compressor acts on a video cell: give --frames")
+    if not args.arch:
+        raise UserError("serve needs --arch")
+    if bool(args.preset) == bool(args.checkpoint):
+        raise UserError("serve needs --preset or --checkpoint (one of them)")
+    axes = {"arch": split(args.arch), "input_len": _ints(args.input_len, "--input-len"),
+            "frames": _ints(args.frames, "--frames"), "output_len": _ints(args.output_len, "--output-len"),
+            "num_prompts": _ints(args.num_prompts, "--num-prompts"),
+            "max_num_seqs": _ints(args.max_num_seqs, "--max-num-seqs")}
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def cmd_serve(args) -> int:
+    from bench.records import append_record, check_writable
+
+    if args.engine not in ("sim", "vllm"):
+        raise UserError(f"unknown --engine {args.engine!r}; valid: sim, vllm")
+    if args.replay and not args.calibrate:
+        raise UserError("--replay needs --calibrate (the efficiencies it simulates with)")
+    if args.output:
+        check_writable(args.output)
+    if args.engine == "vllm":
+        records = _vllm(args)
+    elif args.replay:
+        records = _replay(args)
+    else:
+        records = _sim(args)
+    for record in records:
+        if args.output:
+            append_record(args.output, record)
+        if args.json:
+            print(json.dumps(record, default=str))
+    if not args.json:
+        from bench.reporting.table import summary
+
+        print(summary(records, SUMMARY))
+    if args.output:
+        print(f"records appended to {args.output}", file=sys.stderr)
+    return 1 if any(r["status"] == "error" for r in records) else 0
+
+
+def _cell_spec(args, cell: dict, device: str):
+    from bench.spec import make_spec
+
+    values = {"arch": cell["arch"], "dtype": args.dtype, "device": device, "frames": cell["frames"] or 1,
+              "compressor": args.compressor, "tokens_per_frame": args.tokens_per_frame,
+              "prompt_tokens": args.prompt_tokens}
+    values["preset" if args.preset else "checkpoint"] = args.preset or args.checkpoint
+    return make_spec(values, {})
+
+
+def _record_spec(args, cell: dict, *, input_len: int, device: str, settings, kv_space: int | None):
+    from bench.serve.records import serving_spec
+
+    return serving_spec(arch=cell["arch"], preset=args.preset, checkpoint=args.checkpoint,
+                        compressor=args.compressor if cell["frames"] else None, frames=cell["frames"],
+                        tokens_per_frame=args.tokens_per_frame if cell["frames"] else None,
+                        prompt_tokens=args.prompt_tokens if cell["frames"] else None, dtype=args.dtype,
+                        device=device, input_len=input_len, output_len=cell["output_len"],
+                        num_prompts=cell["num_prompts"], max_num_seqs=settings.max_num_seqs,
+                        max_num_batched_tokens=settings.max_num_batched_tokens, block_size=settings.block_size,
+                        gpu_memory_utilization=args.gpu_memory_utilization if device == "cpu" else
+                        (args.gpu_memory_utilization or 0.9),
+                        kv_space_bytes=kv_space, kv_blocks_override=args.kv_blocks)
+
+
+# --- --engine vllm ------------------------------------------------------------------------------
+
+
+def _vllm(args) -> list[dict]:
+    import tempfile
+
+    from bench.serve import vllm_driver as drv
+    from bench.serve.checkpoint import write_checkpoint
+    from bench.serve.records import serving_record
+    from bench.serve.simulate import engine_defaults, machine, settings_from
+
+    python = drv.engine_python(args.engine_python)
+    if args.frames is not None:
+        raise UserError("serve --engine vllm takes --input-len (vLLM serves token prompts)")
+    cells = _cells(args)
+    kv_space = args.kv_space or 2**30
+    if kv_space % 2**30:
+        raise UserError(f"--kv-space {kv_space} bytes: vLLM-CPU takes whole GiB (VLLM_CPU_KVCACHE_SPACE)")
+    records = []
+    with tempfile.TemporaryDirectory(prefix="viperbench-serve-") as tmp:
+        models = {}
+        for arch in dict.fromkeys(c["arch"] for c in cells):
+            if args.checkpoint:
+                models[arch] = args.checkpoint
+            else:
+                from architectures import ARCHITECTURES
+
+                ARCHITECTURES.get(arch)  # an unknown arch: one line naming the known ones
+                models[arch] = str(write_checkpoint(arch, args.preset, f"{tmp}/{arch}-{args.preset}", dtype=args.dtype,
+                                                    seed=args.seed))
+        for cell in cells:
+            drv.check_lengths(models[cell["arch"]], cell["input_len"], cell["output_len"])
+        for cell in cells:
+            settings = settings_from(engine_defaults("cpu"), max_num_seqs=cell["max_num_seqs"],
+                                     max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size)
+            spec = _record_spec(args, cell, input_len=cell["input_len"], device="cpu", settings=settings,
+                                kv_space=kv_space)
+            engine_settings = {"max_num_seqs": settings.max_num_seqs, "block_size": settings.block_size,
+                               "max_num_batched_tokens": settings.max_num_batched_tokens, "dtype": args.dtype,
+                               "VLLM_CPU_KVCACHE_SPACE": kv_space // 2**30, "num_gpu_blocks_override": args.kv_blocks,
+                               "gpu_memory_utilization": args.gpu_memory_utilization,
+                               "enable_prefix_caching": False, "enable_chunked_prefill": True,
+                               "max_model_len": cell["input_len"] + cell["output_len"], "seed": args.seed,
+                               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                               "benchmark": "vllm bench throughput, --dataset-name random, --random-range-ratio 0"}
+            env = {"machine": machine(), "device_name": machine()}
+            print(f"  vllm: {cell['arch']} {cell['input_len']}/{cell['output_len']} x{cell['num_prompts']} "
+                  f"max-num-seqs {settings.max_num_seqs} ...", file=sys.stderr, flush=True)
+            try:
+                run = drv.run_throughput(python, models[cell["arch"]], kv_space_bytes=kv_space, timeout=args.timeout,
+                                         input_len=cell["input_len"], output_len=cell["output_len"],
+                                         num_prompts=cell["num_prompts"], dtype=args.dtype,
+                                         max_num_seqs=settings.max_num_seqs,
+                                         max_num_batched_tokens=settings.max_num_batched_tokens,
+                                         block_size=settings.block_size, kv_blocks=args.kv_blocks, seed=args.seed,
+                                         gpu_memory_utilization=args.gpu_memory_utilization)
+            except drv.EngineFailed as exc:
+                if len(cells) == 1:
+                    raise UserError(str(exc)) from None
+                records.append(serving_record(spec, "vllm", env, {}, status="error", error=str(exc),
+                                              settings=engine_settings))
+                continue
+            env["engine"] = run["log"]["engine"]
+            metrics = drv.metrics_from(run, input_len=cell["input_len"], output_len=cell["output_len"],
+                                       num_prompts=cell["num_prompts"])
+            metrics["kv_pool_bytes"] = kv_space
+            records.append(serving_record(spec, "vllm", env, metrics, settings=engine_settings))
+    return records
+
+
+# --- --engine sim -------------------------------------------------------------------------------
+
+
+def _shape(spec):
+    from architectures import ARCHITECTURES
+    from bench.measure.cost import serving_shape
+
+    backbone = ARCHITECTURES.get(spec.arch).skeleton(spec.preset, spec.checkpoint)
+    return serving_shape(backbone, {"float32": 4, "bfloat16": 2, "float16": 2}[spec.resolved_dtype])
+
+
+def _cpu_peaks() -> dict:
+    from bench.measure.cost import device_peaks
+    from bench.serve.simulate import machine
+
+    return device_peaks("cpu", "bfloat16", machine())
+
+
+def _sim(args) -> list[dict]:
+    from bench.predict.gpus import resolve
+    from bench.predict.serving import request_tokens
+    from bench.serve.records import serving_record
+    from bench.serve.simulate import engine_defaults, settings_from, simulate
+
+    eff, calibration = _efficiency(args), None
+    if args.calibrate:
+        eff, calibration = calibrate(args.calibrate)
+    cells = _cells(args)
+    if args.calibrate:  # the CPU the records were measured on
+        peaks = _cpu_peaks()
+        device, flops_s, bytes_s = "cpu", args.gpu_tflops * 1e12 if args.gpu_tflops else peaks["flops_s"], \
+            args.gpu_bandwidth or peaks["bytes_s"]
+        gpu = None
+    else:
+        gpu = resolve(args.gpu, args.gpu_memory, args.gpu_tflops, args.gpu_bandwidth)
+        device, flops_s, bytes_s = gpu.name, gpu.bf16_tflops * 1e12, gpu.bandwidth
+    records, memory = [], _STEP_MEMORY
+    for cell in cells:
+        spec = _cell_spec(args, cell, "cpu" if gpu is None else "cuda")
+        shape = _shape(spec)
+        defaults = engine_defaults("cpu") if gpu is None else engine_defaults("gpu", gpu.memory_bytes, gpu.name)
+        settings = settings_from(defaults, max_num_seqs=cell["max_num_seqs"],
+                                 max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size)
+        input_len, extra = cell["input_len"], {}
+        if cell["frames"]:
+            input_len, extra = _request_length(spec, shape, request_tokens(spec))
+        kv, where = _kv_bytes(args, shape, settings, gpu, spec, memory)
+        record_spec = _record_spec(args, cell, input_len=input_len, device="cpu" if gpu is None else device,
+                                   settings=settings, kv_space=args.kv_space if gpu is None else None)
+        m = simulate(shape, prompts=[input_len] * cell["num_prompts"], outputs=[cell["output_len"]] * cell["num_prompts"],
+                     kv_bytes=kv, peak_flops=flops_s, bandwidth=bytes_s, settings=settings, efficiency=eff)
+        m.update(extra)
+        m["memory"] = where
+        m["device"] = {"name": device, "flops_s": flops_s, "bytes_s": bytes_s,
+                       "source": gpu.source if gpu else "measured by bench.measure.cost's probe, or given"}
+        if calibration:
+            m["calibration"] = calibration
+        records.append(serving_record(record_spec, "sim", {"machine": None}, m, settings=m["settings"]))
+    return records
+
+
+def _request_length(spec, shape: dict, tokens: dict) -> tuple[int, dict]:
+    """The simulated request of a video cell: as many tokens as its KV cache holds per attention layer on
+    average at the end of its prefill (a compressor dropping inside the layers leaves earlier layers
+    longer caches), or its tokens after compression for a model without attention."""
+    after = tokens["tokens_after_compression"]
+    length = round(tokens["kv_cache_bytes"] / shape["kv_bytes_per_token"]) if shape["kv_bytes_per_token"] else after
+    return max(1, length), {"input_tokens": tokens["input_tokens"], "tokens_after_compression": after,
+                            "request_tokens": "KV cache bytes at the end of prefill / KV bytes per token"
+                            if shape["kv_bytes_per_token"] else "tokens after compression"}
+
+
+def _kv_bytes(args, shape, settings, gpu, spec, memory) -> tuple[int, dict]:
+    """The KV pool of a simulated cell and how it was sized."""
+    from bench.serve.sim import Simulator
+
+    if args.kv_blocks:
+        block = Simulator(shape, 1, 1, settings).block_bytes()
+        return args.kv_blocks * block, {"kv": f"{args.kv_blocks} blocks (--kv-blocks)"}
+    if args.kv_space or gpu is None:
+        if not args.kv_space:
+            raise UserError("a CPU simulation needs --kv-space (vLLM-CPU's VLLM_CPU_KVCACHE_SPACE) or --kv-blocks")
+        return args.kv_space, {"kv": "--kv-space"}
+    return gpu_kv_bytes(spec, gpu, settings, args.gpu_memory_utilization or 0.9, memory)
+
+
+_STEP_MEMORY: dict[tuple, dict] = {}  # one process's fake passes at a token budget, per model
+
+
+def gpu_kv_bytes(spec, gpu, settings, utilization: float, memory: dict | None = None) -> tuple[int, dict]:
+    """The KV pool vLLM leaves on ``gpu`` for ``spec``'s model: utilization x memory, less the weights and
+    the predicted activation peak of one step at the token budget (memoised per arch in ``memory``)."""
+    from bench.predict.serving import step_memory
+    from bench.serve.simulate import kv_space
+
+    memory = _STEP_MEMORY if memory is None else memory
+    key = (spec.arch, spec.preset, spec.checkpoint, spec.dtype, settings.max_num_batched_tokens)
+    if key not in memory:
+        memory[key] = step_memory(spec, settings.max_num_batched_tokens)
+    m = memory[key]
+    kv = kv_space(gpu.memory_bytes, utilization, m["weights_bytes"], m["activations_bytes"])
+    return kv, {"kv": "gpu memory x utilization - weights - one step's activation peak (predicted)",
+                "weights_bytes": m["weights_bytes"], "activations_bytes": m["activations_bytes"],
+                "profile_tokens": m["profile_tokens"], "gpu_memory_utilization": utilization, "kv_space_bytes": kv}
+
+
+def serve_batch(spec, gpu, *, requests: int) -> dict:
+    """``predict --serve-batch``: ``requests`` requests of ``spec``'s cell (``spec.new_tokens`` generated each)
+    served by the simulated engine at vLLM's defaults on ``gpu``."""
+    from bench.predict.serving import request_tokens
+    from bench.serve.sim import Efficiency
+    from bench.serve.simulate import engine_defaults, simulate
+
+    settings = engine_defaults("gpu", gpu.memory_bytes, gpu.name)
+    kv, where = gpu_kv_bytes(spec, gpu, settings, 0.9)
+    shape = _shape(spec)
+    input_len, extra = _request_length(spec, shape, request_tokens(spec))
+    m = simulate(shape, prompts=[input_len] * requests, outputs=[max(1, spec.new_tokens)] * requests,
+                 kv_bytes=kv, peak_flops=gpu.bf16_tflops * 1e12, bandwidth=gpu.bandwidth, settings=settings,
+                 efficiency=Efficiency())
+    m.update(extra, request_len=input_len, memory=where)
+    return m
+
+
+def serve_batch_line(m: dict) -> str:
+    return (f"  serving {m['num_requests']} requests (simulated vLLM, its defaults; serve --engine sim for more): "
+            f"{m['generated_tok_s']:.0f} generated tok/s, {m['mean_running_seqs']:.1f} running on average "
+            f"(max {m['max_running_seqs']}), {m['preemptions']} preemptions, TTFT p50 {m['ttft_p50_s']:.2f} s "
+            "(predicted)")
+
+
+def calibrate(path: str):
+    """Efficiencies fitted to the measured records of ``path`` (bench.serve.simulate.fit)."""
+    from bench.reporting.table import load_records
+    from bench.serve.simulate import fit, measured_for_calibration
+
+    measured = measured_for_calibration(load_records([path]), path)
+    peaks = _cpu_peaks()
+    rows = [(_replay_schedule(r, peaks)["roofline_s"], r["metrics"]["elapsed_s"]) for r in measured]
+    eff, info = fit(rows)
+    info.update(file=path, peaks={"flops_s": peaks["flops_s"], "bytes_s": peaks["bytes_s"], "source": peaks["source"]},
+                efficiency=eff.__dict__)
+    return eff, info
+
+
+def _replay_schedule(record: dict, peaks: dict, efficiency=None) -> dict:
+    """The simulation of a measured record's run, at its settings and KV space."""
+    from bench.serve.sim import Efficiency, Settings, Simulator
+    from bench.serve.simulate import simulate
+    from bench.spec import make_spec
+
+    s = record["spec"]
+    values = {"arch": s["arch"], "dtype": s["dtype"], "device": "cpu", "frames": 1}
+    values["preset" if s.get("preset") else "checkpoint"] = s.get("preset") or s.get("checkpoint")
+    shape = _shape(make_spec(values, {}))
+    settings = Settings(s["max_num_seqs"], s["max_num_batched_tokens"], s["block_size"])
+    kv = s["kv_space_bytes"]
+    if s.get("kv_blocks_override"):
+        kv = s["kv_blocks_override"] * Simulator(shape, 1, 1, settings).block_bytes()
+    n = s["num_prompts"]
+    return simulate(shape, prompts=[s["input_len"]] * n, outputs=[s["output_len"]] * n, kv_bytes=kv,
+                    peak_flops=peaks["flops_s"], bandwidth=peaks["bytes_s"], settings=settings,
+                    efficiency=efficiency or Efficiency())
+
+
+def _replay(args) -> list[dict]:
+    from bench.reporting.table import load_records
+    from bench.serve.records import serving_record, serving_records
+
+    eff, calibration = calibrate(args.calibrate)
+    peaks = _cpu_peaks()
+    measured = serving_records(load_records([args.replay]), "vllm")
+    if not measured:
+        raise UserError(f"--replay {args.replay} holds no measured serving records")
+    out = []
+    for r in measured:
+        m = _replay_schedule(r, peaks, eff)
+        m["calibration"] = calibration
+        out.append(serving_record(r["spec"], "sim", {"machine": r["env"].get("machine")}, m, settings=m["settings"]))
+    return out

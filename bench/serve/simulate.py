@@ -1,0 +1,92 @@
+"""``serve --engine sim``: the simulation of one serving run as a record, vLLM's defaults per device, and the
+calibration of the efficiencies against measured ``engine: "vllm"`` records."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, replace
+
+import numpy as np
+
+from bench.errors import UserError
+from bench.serve.records import serving_records
+from bench.serve.sim import KINDS, Efficiency, Settings, Simulator, metrics
+
+GIB = 2**30
+
+
+def engine_defaults(device: str, memory_bytes: int = 0, name: str = "") -> Settings:
+    """vLLM 0.32.0's defaults for an offline run (``EngineArgs._set_default_max_num_seqs_and_batched_tokens``;
+    the CPU backend's block size is 128, a GPU's 16)."""
+    if device == "cpu":
+        return Settings(max_num_seqs=256, max_num_batched_tokens=4096, block_size=128)
+    if memory_bytes >= 70 * GIB and "a100" not in name.lower():
+        return Settings(max_num_seqs=1024, max_num_batched_tokens=16384, block_size=16)
+    return Settings(max_num_seqs=256, max_num_batched_tokens=8192, block_size=16)
+
+
+def settings_from(defaults: Settings, **given) -> Settings:
+    """``defaults`` with the settings given (None: keep the default)."""
+    return replace(defaults, **{k: v for k, v in given.items() if v is not None})
+
+
+def kv_space(memory_bytes: int, utilization: float, weights_bytes: int, activation_bytes: int) -> int:
+    """The KV pool as vLLM sizes it on a GPU: utilization x memory, less the weights and one step's
+    activation peak (its profile run at the token budget)."""
+    if not 0 < utilization <= 1:
+        raise UserError(f"--gpu-memory-utilization {utilization} must be in (0, 1]")
+    room = int(utilization * memory_bytes) - weights_bytes - activation_bytes
+    if room <= 0:
+        raise UserError(f"no KV space: {utilization:g} x {memory_bytes / GIB:.2f} GiB is less than the weights "
+                        f"({weights_bytes / GIB:.2f} GiB) and one step's activations ({activation_bytes / GIB:.2f} GiB)")
+    return room
+
+
+def simulate(shape: dict, *, prompts: list[int], outputs: list[int], kv_bytes: int, peak_flops: float,
+             bandwidth: float, settings: Settings, efficiency: Efficiency) -> dict:
+    """The serving metrics of one simulated run (every one predicted)."""
+    schedule = Simulator(shape, peak_flops, bandwidth, settings).run(prompts, outputs, kv_bytes)
+    return {"predicted": True, **metrics(schedule, efficiency.check(), shape),
+            "roofline_s": schedule.totals(), "settings": asdict(settings)}
+
+
+def machine() -> str:
+    """This machine, as a calibration names where its records were measured."""
+    from bench.records import _cpu_name
+
+    return f"{_cpu_name()} ({os.cpu_count()} cpus)"
+
+
+def measured_for_calibration(records: list[dict], path: str) -> list[dict]:
+    """The ``engine: "vllm"`` records of ``path`` measured on this machine; UserError if there are none."""
+    measured = serving_records(records, "vllm")
+    if not measured:
+        raise UserError(f"--calibrate {path} holds no measured serving records (kind serving, engine vllm, ok)")
+    here = machine()
+    other = sorted({r.get("env", {}).get("machine") for r in measured} - {here}, key=str)
+    if other:
+        raise UserError(f"--calibrate {path} was measured on {other[0]}, not on this machine ({here})")
+    return measured
+
+
+def fit(rows: list[tuple[dict, float]]) -> tuple[Efficiency, dict]:
+    """Efficiencies and step overhead from ``(roofline totals, measured elapsed)`` pairs, by non-negative
+    least squares on the relative error: elapsed = overhead x steps + sum over kinds of roofline / efficiency.
+    A kind no run has work of keeps its default."""
+    from scipy.optimize import nnls
+
+    default = Efficiency()
+    cols = ["steps", *KINDS]
+    a = np.array([[t[c] for c in cols] for t, _ in rows], dtype=float)
+    b = np.array([e for _, e in rows], dtype=float)
+    w = 1 / b
+    used = [i for i, c in enumerate(cols) if a[:, i].any()]
+    x, _ = nnls(a[:, used] * w[:, None], b * w)
+    values = dict.fromkeys(cols, 0.0)
+    values.update({cols[i]: v for i, v in zip(used, x)})
+    eff = Efficiency(**{k: (1 / values[k] if values[k] > 0 else (default.__dict__[k] if not a[:, cols.index(k)].any()
+                                                                 else 1.5)) for k in KINDS},
+                     step_overhead_s=values["steps"])
+    predicted = a @ np.array([values["steps"], *(1 / getattr(eff, k) for k in KINDS)])
+    return eff, {"runs": len(rows), "max_relative_error": float(np.max(np.abs(predicted / b - 1))),
+                 "note": "non-negative least squares of elapsed time, each run weighted by 1 / its elapsed time"}
