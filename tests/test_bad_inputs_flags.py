@@ -28,6 +28,7 @@ TEXT_FLAGS = {"--output", "--launcher", "--ray-address", "--gpu", "--mamba-kerne
               "--baseline", "--reference", "--kind", "--x", "--y", "--series", "--out", "--rows", "--cols",
               "--metric", "--format", "--preset", "--predictions", "--knockout", "--probe", "--edges",
               "--questions", "--clock", "--kv-offload",
+              "--engine", "--engine-python", "--efficiency", "--calibrate", "--replay", "--kv-space",
               *(CELL_LABELS[name] for name in TEXT)}
 # a minimal valid rest of each command line (nothing is built: the bad value is refused first)
 BASE = {
@@ -45,6 +46,7 @@ BASE = {
     "stream": ["stream", "--arch", "transformer", "--vision", "synthetic", "--fps", "1", "--chunk-frames", "2",
                "--frames", "4"],
     "ab": ["ab", "--base", "."],
+    "serve": ["serve", "--arch", "transformer", "--preset", "tiny", "--input-len", "64"],
     "lmms-task": ["lmms-task", "videomme", "--data", "d", "--out", "o"],
     "history add": ["history", "add", "r.jsonl"], "history show": ["history", "show"],
     "history plot": ["history", "plot", "--metric", "decode_tok_s", "--out", "o.png"],

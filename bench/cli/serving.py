@@ -22,15 +22,15 @@ def add_commands(sub) -> None:
     p.add_argument("--preset", help="tiny | small | paper (random weights)")
     p.add_argument("--checkpoint", help="local checkpoint directory of the arch's family")
     p.add_argument("--dtype", default="bfloat16", help="model dtype (default bfloat16)")
-    p.add_argument("--input-len", help="prompt tokens per request (comma list)")
-    p.add_argument("--frames", help="instead of --input-len: a video cell's frames (comma list); the request is "
+    p.add_argument("--input-len", type=flags.positive_int_list, help="prompt tokens per request (comma list)")
+    p.add_argument("--frames", type=flags.positive_int_list, help="instead of --input-len: a video cell's frames (comma list); the request is "
                                     "its tokens after --compressor")
     p.add_argument("--compressor", default="none", help="with --frames: name:key=value,... (default none)")
     p.add_argument("--tokens-per-frame", default=16, type=flags.positive_int, help="with --frames (default 16)")
     p.add_argument("--prompt-tokens", default=64, type=flags.positive_int, help="with --frames (default 64)")
-    p.add_argument("--output-len", default="128", help="generated tokens per request (comma list; default 128)")
-    p.add_argument("--num-prompts", default="64", help="requests, all arriving at once (comma list; default 64)")
-    p.add_argument("--max-num-seqs", help="vLLM's max running requests (comma list; default vLLM's for the device)")
+    p.add_argument("--output-len", type=flags.positive_int_list, default="128", help="generated tokens per request (comma list; default 128)")
+    p.add_argument("--num-prompts", type=flags.positive_int_list, default="64", help="requests, all arriving at once (comma list; default 64)")
+    p.add_argument("--max-num-seqs", type=flags.positive_int_list, help="vLLM's max running requests (comma list; default vLLM's for the device)")
     p.add_argument("--max-num-batched-tokens", type=flags.positive_int, help="vLLM's token budget per step")
     p.add_argument("--block-size", type=flags.positive_int, help="KV block tokens (default 16 on a GPU, 128 on CPU)")
     p.add_argument("--kv-space", type=flags.positive_size,
@@ -59,13 +59,9 @@ def add_commands(sub) -> None:
     p.set_defaults(handler=cmd_serve)
 
 
-def _ints(text: str | None, flag: str) -> list[int | None]:
-    if text is None:
-        return [None]
-    values = split(text)
-    if not values:
-        raise UserError(f"{flag} is empty")
-    return [flags.positive_int.parse(v) if v else None for v in values]
+def _ints(values: tuple[int, ...] | None) -> list[int | None]:
+    """A comma-list flag's values (parsed by flags.positive_int_list), or [None] where it is not given."""
+    return [None] if values is None else list(values)
 
 
 def _efficiency(args):
@@ -93,10 +89,10 @@ def _cells(args) -> list[dict]:
         raise UserError("serve needs --arch")
     if bool(args.preset) == bool(args.checkpoint):
         raise UserError("serve needs --preset or --checkpoint (one of them)")
-    axes = {"arch": split(args.arch), "input_len": _ints(args.input_len, "--input-len"),
-            "frames": _ints(args.frames, "--frames"), "output_len": _ints(args.output_len, "--output-len"),
-            "num_prompts": _ints(args.num_prompts, "--num-prompts"),
-            "max_num_seqs": _ints(args.max_num_seqs, "--max-num-seqs")}
+    axes = {"arch": split(args.arch), "input_len": _ints(args.input_len),
+            "frames": _ints(args.frames), "output_len": _ints(args.output_len),
+            "num_prompts": _ints(args.num_prompts),
+            "max_num_seqs": _ints(args.max_num_seqs)}
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
