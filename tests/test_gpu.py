@@ -2,7 +2,8 @@
 
 Each test is the CUDA counterpart of a CPU proxy elsewhere in the suite:
 
-- flash SDPA through the harness's layer loop equals the math backend (tests/test_attention.py);
+- flash SDPA through the harness's layer loop (and, for chunks, the memory-efficient kernel) equals the
+  math backend (tests/test_attention.py);
 - mamba-ssm's Triton kernels equal the torch path in fp32 and bf16, for pure Mamba-2, the hybrid
   and Nemotron-Omni's Mamba layers (tests/test_kernels.py, under the interpreter);
 - NVML's sampled peak and energy are plausible beside torch's counters (tests/test_gpu_path.py);
@@ -21,8 +22,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 DEVICE = "cuda"
 MAMBA_FAMILIES = ["mamba", "hybrid", "nemotron_h_omni"]
-# share of the reference's largest |logit|: fp32 kernels (TF32 dots) and bf16 (as tests/test_bf16_oracles.py)
-TOLERANCE = {torch.float32: 2e-3, torch.bfloat16: 3e-2}
+# share of the reference's largest |logit|: fp32 (Triton's fp32 dots run in TF32 on a GPU) and bf16 (as test_bf16_oracles.py)
+TOLERANCE = {torch.float32: 1e-2, torch.bfloat16: 3e-2}
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, share: float) -> None:
@@ -57,7 +58,10 @@ def test_flash_sdpa_through_the_layer_loop_equals_the_math_path(arch, chunk):
 
     bb = ARCHITECTURES.get(arch).build("tiny", device=DEVICE, dtype=torch.bfloat16)
     embeds = bb.embed(_ids(bb, 160))
-    with torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):  # flash only: an unsupported shape raises
+    # flash only (an unsupported shape raises); chunks after the first are lower-right causal, which torch
+    # runs on its memory-efficient kernel
+    fused = [SDPBackend.FLASH_ATTENTION] if chunk is None else [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    with torch.no_grad(), sdpa_kernel(fused):
         flash = _generate(bb, embeds, 3, chunk=chunk)
     with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
         math = _generate(bb, embeds, 3, chunk=chunk)
@@ -84,8 +88,7 @@ def _family_inputs(family: str, bb):
 
     frames = (torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     inputs = bb.processor_inputs(Clip.consecutive(frames), "what happens in the video ?")
-    inputs = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in inputs.items()}
-    return dict(embeds=None, state=bb.encode(inputs).state)
+    return dict(embeds=None, state=bb.encode(inputs).state)  # encode moves the inputs to the model's device
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -1,7 +1,7 @@
 """scripts/gpu-check and its wheel list, on the CPU: the dry run, the budget trimming, bad input.
 
-The dry run here is trimmed by a small budget (step a and most cells skipped with a line), so
-that it stays fast; the whole dry run is `scripts/gpu-check --dry-run` (docs/gpu.md).
+The dry run here runs steps b and d under a small budget (a and c, and the cells the budget
+leaves out, skipped with a line), so that it stays fast; the whole dry run is `scripts/gpu-check --dry-run` (docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import wheel_list  # noqa: E402
 def _load_check():
     loader = importlib.machinery.SourceFileLoader("gpu_check", str(SCRIPT))
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader("gpu_check", loader))
+    sys.modules["gpu_check"] = module  # its dataclasses look their module up
     loader.exec_module(module)
     return module
 
@@ -65,6 +66,7 @@ def _bad(argv, capsys, monkeypatch):
 
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
+    assert "--steps 'x'" in _bad(["--dry-run", "--steps", "x", "--out", str(out)], capsys, monkeypatch)
     assert "--budget-s 5" in _bad(["--dry-run", "--budget-s", "5", "--out", str(out)], capsys, monkeypatch)
     assert "no such directory" in _bad(["--wheels", str(tmp_path / "none"), "--out", str(out)], capsys, monkeypatch)
     partial = tmp_path / "partial"
@@ -106,7 +108,7 @@ def test_the_plans_touch_every_step_in_order():
 def test_a_trimmed_dry_run_writes_the_summary_within_the_file_limits(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--budget-s", "26", "--out", str(out)],
+    done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--steps", "bd", "--budget-s", "30", "--out", str(out)],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [x for x in done.stdout.splitlines() if x.startswith("gpu-check: ") and ": " in x[11:]]
