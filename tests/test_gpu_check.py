@@ -103,6 +103,27 @@ def test_the_plans_touch_every_step_in_order():
     cells = [i.argv for i in real.items if i.step == "b" and i.argv[0] == "run"]
     assert len(cells) == 8 and all("paper" in a and "cuda" in a and "bfloat16" in a for a in cells)
     assert sum(i.est_s for i in real.items if i.step in "abc") <= 480  # a, b and c fit the default budget
+    from bench.cli import build_parser
+
+    for dry in (True, False):  # every command of both plans parses with the real parser
+        for item in check.Plan(dry, gpu_memory="139.80GiB").items:
+            if item.argv:
+                build_parser().parse_args([*item.argv, "--output", "records.jsonl"])
+
+
+def test_the_budget_skips_what_it_would_not_cover_and_scales_by_the_overrun(tmp_path):
+    import argparse
+    import time
+
+    quick = [sys.executable, "-c", "import time; time.sleep(0.3)"]
+    plan = check.Plan(True)
+    plan.items = [check.Item("a", "overruns", 0.01, command=quick), check.Item("b", "too long", 100, command=quick),
+                  check.Item("c", "scaled past the budget", 1.0, command=quick),
+                  check.Item("d", "fits even scaled", 0.001, command=quick)]
+    args = argparse.Namespace(budget_s=20, steps="abcd")
+    lines = check.run_plan(plan, args, tmp_path / "records.jsonl", time.perf_counter(), sys.stdout)
+    assert [x.split(": ", 1)[1].split(" ")[0] for x in lines] == ["ran", "skipped", "skipped", "ran"], lines
+    assert "needs ~" in lines[2] and float(lines[2].split("needs ~")[1].split(" ")[0]) > 20  # 1 s x the overrun
 
 
 def test_a_trimmed_dry_run_writes_the_summary_within_the_file_limits(tmp_path):
@@ -114,7 +135,7 @@ def test_a_trimmed_dry_run_writes_the_summary_within_the_file_limits(tmp_path):
     lines = [x for x in done.stdout.splitlines() if x.startswith("gpu-check: ") and ": " in x[11:]]
     steps = {x[11] for x in lines if x[12:14] == ". "}
     assert steps == {"a", "b", "c", "d"}, done.stdout[-3000:]
-    assert any(": ran in " in x for x in lines) and any(": skipped (needs" in x for x in lines)
+    assert any(": ran in " in x for x in lines) and any(": skipped (not in --steps bd)" in x for x in lines)
     files = sorted(p.name for p in out.iterdir())
     assert files == ["gpu-check.log", "records.jsonl", "summary.md"]
     assert all((out / f).stat().st_size <= check.MAX_FILE_BYTES for f in files)
