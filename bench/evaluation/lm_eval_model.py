@@ -27,6 +27,7 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from bench.errors import UserError
 from bench.evaluation import model_args
 
 MODEL_ARGS = {**model_args.CELL_ARGS, "max_length": int}
