@@ -45,6 +45,11 @@ class CellSpec:
     def resolved_dtype(self) -> str:
         return self.dtype or ("float32" if self.device == "cpu" else "bfloat16")
 
+    @property
+    def dtype_bytes(self) -> int:
+        """Bytes per element of the model dtype (weights, activations, KV cache)."""
+        return {"float32": 4, "bfloat16": 2, "float16": 2}[self.resolved_dtype]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["dtype"] = self.resolved_dtype

@@ -227,8 +227,7 @@ def _shape(spec):
     from architectures import ARCHITECTURES
     from bench.measure.cost import serving_shape
 
-    backbone = ARCHITECTURES.get(spec.arch).skeleton(spec.preset, spec.checkpoint)
-    return serving_shape(backbone, {"float32": 4, "bfloat16": 2, "float16": 2}[spec.resolved_dtype])
+    return serving_shape(ARCHITECTURES.get(spec.arch).skeleton(spec.preset, spec.checkpoint), spec.dtype_bytes)
 
 
 def _cpu_peaks() -> dict:

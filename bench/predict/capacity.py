@@ -110,14 +110,10 @@ def _skeleton(spec):
     return ARCHITECTURES.get(spec.arch).skeleton(spec.preset, spec.checkpoint)
 
 
-def _dtype_bytes(spec) -> int:
-    return {"float32": 4, "bfloat16": 2, "float16": 2}[spec.resolved_dtype]
-
-
 def predicted_cost(spec, result: dict, gpu: GPU) -> dict:
     """Analytic FLOPs/bytes of the predicted pass and the roofline lower bounds on ``gpu``."""
     bb = _skeleton(spec)
-    db = _dtype_bytes(spec)
+    db = spec.dtype_bytes
     cost = account(bb, batch=spec.batch, new_tokens=spec.new_tokens, input_tokens=result["input_tokens"],
                    vision_tokens=result["vision_tokens"], stages=result["compressor"]["stages"],
                    cache=result["end_of_prefill"], weights_bytes=result["parts"]["weights_bytes"], dtype_bytes=db,
