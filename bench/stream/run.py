@@ -132,7 +132,7 @@ def run_stream(stream, plan: StreamPlan, frames_of, question_of, *, new_tokens: 
             lags.append(end - arrival)
             emit({"row": "chunk", "first_frame": first, "frames": n, "stream_s": arrival, "tokens": chunk.tokens,
                   "context_tokens": stream.position, "vision_s": chunk.vision_s, "compressor_s": chunk.compressor_s,
-                  "prefill_s": chunk.prefill_s, "chunk_s": chunk.seconds, "done_s": end, "lag_s": end - arrival,
+                  "prefill_s": chunk.prefill_s, "window_s": chunk.window_s, "chunk_s": chunk.seconds, "done_s": end, "lag_s": end - arrival,
                   "device_bytes": held, "memory": memory})
             reached = arrival
             if plan.memory_budget is not None and weights_bytes + held > plan.memory_budget:

@@ -59,10 +59,11 @@ class Chunk:
     compressor_s: float  # the compressor's own time (STC-Cacher's includes the tower layers it runs)
     prefill_s: float
     logits: torch.Tensor  # [batch, vocab] at the chunk's last token (tests)
+    window_s: float = 0.0  # the window's eviction after the prefill: KV leaving it moved to CPU or disk
 
     @property
     def seconds(self) -> float:
-        return self.vision_s + self.compressor_s + self.prefill_s
+        return self.vision_s + self.compressor_s + self.prefill_s + self.window_s
 
 
 class Stream:
@@ -119,11 +120,12 @@ class Stream:
             n_frames = frames.shape[0] if self.vision is not None else frames.shape[1]
             with timer.stage("prefill_s"):
                 logits = self._append(tokens, vision=True)
-                if self.window is not None:
+            if self.window is not None:
+                with timer.stage("window_s"):
                     self.window.after_chunk(self.cache, self.frames, n_frames, tokens.shape[1])
         compressor_s = self.compressor.time_s - before
         chunk = Chunk(self.frames, n_frames, tokens.shape[1], timer.times["vision_s"] - compressor_s, compressor_s,
-                      timer.times["prefill_s"], logits)
+                      timer.times["prefill_s"], logits, timer.times.get("window_s", 0.0))
         self.frames += n_frames
         return chunk
 
