@@ -45,6 +45,9 @@ def add_commands(sub) -> None:
     g = p.add_argument_group("--engine vllm")
     g.add_argument("--engine-python", help="vLLM's interpreter (default $VIPERBENCH_VLLM_PYTHON)")
     g.add_argument("--timeout", type=flags.positive_float, default=900.0, help="seconds per engine run (default 900)")
+    g.add_argument("--latency", default="serve",
+                   help="serve (TTFT/TPOT by vllm bench serve against a child API server; default) | off "
+                        "(throughput only, one engine start per cell)")
     g = p.add_argument_group("--engine sim")
     g.add_argument("--gpu", help="GPU from predict's table (default h100-80gb) or custom")
     g.add_argument("--gpu-memory", type=flags.positive_size, help="override the GPU's memory, e.g. 80GiB")
@@ -162,6 +165,8 @@ def _vllm(args) -> list[dict]:
     from bench.serve.simulate import engine_defaults, machine, settings_from
 
     python = drv.engine_python(args.engine_python)
+    if args.latency not in ("serve", "off"):
+        raise UserError(f"unknown --latency {args.latency!r}; valid: serve, off")
     if args.frames is not None:
         raise UserError("serve --engine vllm takes --input-len (vLLM serves token prompts)")
     cells = _cells(args)
@@ -194,18 +199,28 @@ def _vllm(args) -> list[dict]:
                                "enable_prefix_caching": False, "enable_chunked_prefill": True,
                                "max_model_len": cell["input_len"] + cell["output_len"], "seed": args.seed,
                                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-                               "benchmark": "vllm bench throughput, --dataset-name random, --random-range-ratio 0"}
+                               "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND"),
+                               "benchmark": "vllm bench throughput, --dataset-name random, --random-range-ratio 0: "
+                                            "elapsed_s, generated/total tok/s, requests/s",
+                               "latency_benchmark": None if args.latency == "off" else
+                               "vllm bench serve against vllm serve (same engine settings), --dataset-name random, "
+                               "--random-range-ratio 0, --request-rate inf, --ignore-eos: TTFT/TPOT (mean_, _p50 = "
+                               "median, _p90, _p99), serve_* fields"}
             env = {"machine": machine(), "device_name": machine()}
             print(f"  vllm: {cell['arch']} {cell['input_len']}/{cell['output_len']} x{cell['num_prompts']} "
                   f"max-num-seqs {settings.max_num_seqs} ...", file=sys.stderr, flush=True)
+            run_settings = dict(input_len=cell["input_len"], output_len=cell["output_len"], dtype=args.dtype,
+                                max_num_seqs=settings.max_num_seqs,
+                                max_num_batched_tokens=settings.max_num_batched_tokens,
+                                block_size=settings.block_size, kv_blocks=args.kv_blocks, seed=args.seed,
+                                gpu_memory_utilization=args.gpu_memory_utilization)
             try:
                 run = drv.run_throughput(python, models[cell["arch"]], kv_space_bytes=kv_space, timeout=args.timeout,
-                                         input_len=cell["input_len"], output_len=cell["output_len"],
-                                         num_prompts=cell["num_prompts"], dtype=args.dtype,
-                                         max_num_seqs=settings.max_num_seqs,
-                                         max_num_batched_tokens=settings.max_num_batched_tokens,
-                                         block_size=settings.block_size, kv_blocks=args.kv_blocks, seed=args.seed,
-                                         gpu_memory_utilization=args.gpu_memory_utilization)
+                                         num_prompts=cell["num_prompts"], **run_settings)
+                latency = None
+                if args.latency == "serve":
+                    latency = drv.run_serve(python, models[cell["arch"]], kv_space_bytes=kv_space,
+                                            timeout=args.timeout, num_prompts=cell["num_prompts"], **run_settings)
             except drv.EngineFailed as exc:
                 if len(cells) == 1:
                     raise UserError(str(exc)) from None
@@ -216,6 +231,8 @@ def _vllm(args) -> list[dict]:
             metrics = drv.metrics_from(run, input_len=cell["input_len"], output_len=cell["output_len"],
                                        num_prompts=cell["num_prompts"])
             metrics["kv_pool_bytes"] = kv_space
+            if latency is not None:
+                metrics.update(drv.latency_metrics(latency))
             records.append(serving_record(spec, "vllm", env, metrics, settings=engine_settings))
     return records
 
