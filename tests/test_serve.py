@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.serve.sim import Efficiency, Settings, Simulator, metrics
-from bench.serve.simulate import fit
+from bench.servesim.sim import Efficiency, Settings, Simulator, metrics
+from bench.servesim.simulate import fit
 
 
 def shape(attention=1, mamba=0, kv_per_token=1, state_per_layer=0):
