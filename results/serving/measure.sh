@@ -6,6 +6,8 @@
 # elapsed time; the long-context shape makes attention's share large enough to identify its efficiency);
 # heldout.jsonl: the shapes they are validated on, with TTFT/TPOT from vllm bench serve (the last two force
 # preemption with a small pool). ./measure.sh fit | heldout | all (default), each file written afresh.
+# The committed fit.jsonl and heldout.jsonl were measured on both cores before this script bound the runs to one;
+# fit-core1.jsonl is this script's fit set (docs/serving.md, "TTFT and TPOT measured").
 set -euo pipefail
 cd "$(dirname "$0")"
 export VLLM_CPU_OMP_THREADS_BIND=1 OMP_NUM_THREADS=1
