@@ -28,7 +28,7 @@ TEXT_FLAGS = {"--output", "--launcher", "--ray-address", "--gpu", "--mamba-kerne
               "--baseline", "--reference", "--kind", "--x", "--y", "--series", "--out", "--rows", "--cols",
               "--metric", "--format", "--preset", "--predictions", "--knockout", "--probe", "--edges",
               "--questions", "--clock", "--kv-offload",
-              "--engine", "--engine-python", "--efficiency", "--calibrate", "--replay", "--kv-space",
+              "--engine", "--engine-python", "--efficiency", "--calibrate", "--replay", "--kv-space", "--latency",
               *(CELL_LABELS[name] for name in TEXT)}
 # a minimal valid rest of each command line (nothing is built: the bad value is refused first)
 BASE = {

@@ -21,18 +21,19 @@ CONTRACT = [
     (0, "cli",            "bench.cli"),  # the command line: parses flags, calls the rooms below
     (1, "launch",         "bench.launch"),  # where a cell runs: inline, child process, Ray; matrices
     (1, "predict",        "bench.predict"),  # peak memory and speed on a named GPU, from a CPU
-    (1, "serve",          "bench.serve"),  # serving: vLLM driven as a child process, its scheduler simulated
+    (1, "serve",          "bench.serve"),  # serving measured: vLLM's benchmarks driven as child processes
     (1, "evaluation",     "bench.evaluation"),  # accuracy tasks, lm-eval
     (1, "probes",         "bench.probes"),  # information-flow probes: knockout sweeps, logit lens, mixing
     (1, "stream",         "bench.stream"),  # a video stream chunk by chunk: questions mid-stream, window, retrieval
     (1, "train",          "bench.train"),  # training the committed tiny checkpoints
     (1, "reporting",      "bench.reporting"),  # reads records: tables, plots, reports, compare, history, A/B
-    (2, "measure",        "bench.measure"),  # one cell measured: runner, meters, cost, work, max-frames search
-    (3, "engine",         "bench.engine"),  # the layer loop, prefill, decode, generate
-    (4, "records",        "bench.records"),  # result lines: JSON, appended and flushed; the environment
-    (5, "spec",           "bench.spec"),  # a cell's settings, validated against the plugin registries
-    (6, "plugins",        "architectures compressors tasks"),  # registries of models, compressors, workloads
-    (7, "base",           "bench bench.errors bench.registry bench.flags bench.stats bench.metrics bench.cache"),
+    (2, "servesim",       "bench.servesim"),  # vLLM's scheduler simulated; the serving record; the calibration fit
+    (3, "measure",        "bench.measure"),  # one cell measured: runner, meters, cost, work, max-frames search
+    (4, "engine",         "bench.engine"),  # the layer loop, prefill, decode, generate
+    (5, "records",        "bench.records"),  # result lines: JSON, appended and flushed; the environment
+    (6, "spec",           "bench.spec"),  # a cell's settings, validated against the plugin registries
+    (7, "plugins",        "architectures compressors tasks"),  # registries of models, compressors, workloads
+    (8, "base",           "bench bench.errors bench.registry bench.flags bench.stats bench.metrics bench.cache"),
 ]
 # cycles between modules that the contract tolerates (none)
 KNOWN_CYCLES: list[set[str]] = []

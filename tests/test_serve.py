@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.serve.sim import Efficiency, Settings, Simulator, metrics
-from bench.serve.simulate import fit
+from bench.servesim.sim import Efficiency, Settings, Simulator, metrics
+from bench.servesim.simulate import fit
 
 
 def shape(attention=1, mamba=0, kv_per_token=1, state_per_layer=0):
@@ -190,9 +190,28 @@ if os.environ.get("FAKE_ENGINE_FAIL"):
     print("INFO starting", flush=True)
     print("(EngineCore pid=1) ValueError: " + os.environ["FAKE_ENGINE_FAIL"], file=sys.stderr)
     sys.exit(1)
-n, i, o = int(get("--num-prompts")), int(get("--random-input-len")), int(get("--random-output-len"))
 with open(os.environ["FAKE_ENGINE_LOG"], "a") as f:
     f.write(json.dumps({{"argv": sys.argv[1:], "kv": os.environ.get("VLLM_CPU_KVCACHE_SPACE")}}) + "\\n")
+if sys.argv[2] == "server":  # vllm serve: /health answers until SIGINT
+    import http.server, signal
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+        def log_message(self, *a):
+            pass
+    signal.signal(signal.SIGINT, lambda *a: sys.exit(0))
+    print("INFO [kv_cache_utils.py:2327] CPU KV cache size: 465,920 tokens", flush=True)
+    http.server.HTTPServer(("127.0.0.1", int(get("--port"))), Health).serve_forever()
+n, i, o = int(get("--num-prompts")), int(get("--random-input-len")), int(get("--random-output-len"))
+if sys.argv[2] == "serve":  # vllm bench serve: against the server above
+    import urllib.request
+    assert urllib.request.urlopen(f"http://127.0.0.1:{{get('--port')}}/health").status == 200
+    r = {{"duration": 2.0, "completed": n, "output_throughput": n * o / 2.0}}
+    for k, v in (("ttft", 100.0), ("tpot", 10.0)):
+        r.update({{f"mean_{{k}}_ms": v, f"p50_{{k}}_ms": v, f"p90_{{k}}_ms": 1.5 * v, f"p99_{{k}}_ms": 2 * v}})
+    json.dump(r, open(os.path.join(get("--result-dir"), get("--result-filename")), "w"))
+    sys.exit(0)
 print("INFO [kv_cache_utils.py:2327] CPU KV cache size: 465,920 tokens, Maximum concurrency: 9.0x", file=sys.stderr)
 print("INFO init engine (profile, create kv cache, warmup model) took 61.50 s", file=sys.stderr)
 elapsed = 0.001 * n * (i + 10 * o)
@@ -219,9 +238,14 @@ def test_vllm_driver_runs_the_benchmark_and_records_it(fake_engine, tmp_path):
                  "--output-len", "16", "--num-prompts", "4", "--max-num-seqs", "2", "--kv-blocks", "40",
                  "--output", str(out)]) == 0
     calls = [json.loads(line) for line in fake_engine.read_text().splitlines()]
-    assert len(calls) == 2 and all(c["kv"] == "1" for c in calls)
+    assert [c["argv"][1] for c in calls] == ["throughput", "server", "serve"] * 2 and all(c["kv"] == "1" for c in calls)
     argv = calls[0]["argv"]
-    assert argv[0].endswith("vllm_entry.py") and argv[1] == "throughput"
+    assert argv[0].endswith("vllm_entry.py")
+    server, bench = calls[1]["argv"], calls[2]["argv"]
+    assert server[server.index("--port") + 1] == bench[bench.index("--port") + 1]
+    for flag in ("--max-num-seqs", "--num-gpu-blocks-override", "--max-model-len", "--block-size"):
+        assert server[server.index(flag) + 1] == argv[argv.index(flag) + 1]
+    assert bench[bench.index("--request-rate") + 1] == "inf" and "--ignore-eos" in bench and "--save-result" in bench
     for flag, value in (("--random-input-len", "64"), ("--random-output-len", "16"), ("--num-prompts", "4"),
                         ("--max-num-seqs", "2"), ("--num-gpu-blocks-override", "40"), ("--max-model-len", "80")):
         assert argv[argv.index(flag) + 1] == value
@@ -234,6 +258,17 @@ def test_vllm_driver_runs_the_benchmark_and_records_it(fake_engine, tmp_path):
         assert m["generated_tok_s"] == pytest.approx(4 * 16 / (0.001 * 4 * (64 + 160)))
         assert r["env"]["engine"]["vllm"] == "0.32.0" and r["engine_settings"]["VLLM_CPU_KVCACHE_SPACE"] == 1
         assert r["spec"]["kv_blocks_override"] == 40 and r["spec"]["max_num_seqs"] == 2
+        assert (m["mean_ttft_s"], m["ttft_p50_s"], m["ttft_p99_s"], m["tpot_p90_s"]) == (0.1, 0.1, 0.2, 0.015)
+        assert m["serve_generated_tok_s"] == 32 and "vllm bench serve" in r["engine_settings"]["latency_benchmark"]
+
+
+def test_vllm_latency_off_runs_the_throughput_benchmark_only(fake_engine, tmp_path):
+    out = tmp_path / "vllm.jsonl"
+    assert main(["serve", "--engine", "vllm", "--arch", "hybrid", "--preset", "tiny", "--input-len", "32",
+                 "--output-len", "4", "--num-prompts", "2", "--latency", "off", "--output", str(out)]) == 0
+    assert [json.loads(line)["argv"][1] for line in fake_engine.read_text().splitlines()] == ["throughput"]
+    record = json.loads(out.read_text())
+    assert record["metrics"]["ttft_p50_s"] is None and record["engine_settings"]["latency_benchmark"] is None
 
 
 def test_vllm_engine_failure_one_cell_is_one_line_a_matrix_goes_on(fake_engine, tmp_path, monkeypatch, capsys):

