@@ -109,12 +109,14 @@ def cmd_serve(args) -> int:
     if args.output:
         check_writable(args.output)
     if args.engine == "vllm":
-        records = _vllm(args)
+        cells = _vllm(args)  # one engine run after another: each record is appended as its run ends
     elif args.replay:
-        records = _replay(args)
+        cells = _replay(args)
     else:
-        records = _sim(args)
-    for record in records:
+        cells = _sim(args)
+    records = []
+    for record in cells:
+        records.append(record)
         if args.output:
             append_record(args.output, record)
         if args.json:
@@ -156,7 +158,8 @@ def _record_spec(args, cell: dict, *, input_len: int, device: str, settings, kv_
 # --- --engine vllm ------------------------------------------------------------------------------
 
 
-def _vllm(args) -> list[dict]:
+def _vllm(args):
+    """The measured records, one per cell, yielded as each cell's engine runs end."""
     import tempfile
 
     from bench.serve import vllm_driver as drv
@@ -173,7 +176,6 @@ def _vllm(args) -> list[dict]:
     kv_space = args.kv_space or 2**30
     if kv_space % 2**30:
         raise UserError(f"--kv-space {kv_space} bytes: vLLM-CPU takes whole GiB (VLLM_CPU_KVCACHE_SPACE)")
-    records = []
     with tempfile.TemporaryDirectory(prefix="viperbench-serve-") as tmp:
         models = {}
         for arch in dict.fromkeys(c["arch"] for c in cells):
@@ -224,8 +226,7 @@ def _vllm(args) -> list[dict]:
             except drv.EngineFailed as exc:
                 if len(cells) == 1:
                     raise UserError(str(exc)) from None
-                records.append(serving_record(spec, "vllm", env, {}, status="error", error=str(exc),
-                                              settings=engine_settings))
+                yield serving_record(spec, "vllm", env, {}, status="error", error=str(exc), settings=engine_settings)
                 continue
             env["engine"] = run["log"]["engine"]
             metrics = drv.metrics_from(run, input_len=cell["input_len"], output_len=cell["output_len"],
@@ -233,8 +234,7 @@ def _vllm(args) -> list[dict]:
             metrics["kv_pool_bytes"] = kv_space
             if latency is not None:
                 metrics.update(drv.latency_metrics(latency))
-            records.append(serving_record(spec, "vllm", env, metrics, settings=engine_settings))
-    return records
+            yield serving_record(spec, "vllm", env, metrics, settings=engine_settings)
 
 
 # --- --engine sim -------------------------------------------------------------------------------
