@@ -9,7 +9,7 @@ import pytest
 
 from bench.reporting import paper_tables
 from bench.cli import main
-from bench.reporting.compare import compare, parse_reference, relative_timing
+from bench.reporting.compare import OTHER_MACHINE, compare, parse_reference, relative_timing
 from bench.errors import UserError
 from bench.flags import percent
 
@@ -187,3 +187,40 @@ def test_accuracy_tolerance_flag(tmp_path, capsys):
     assert main(["compare", str(new), "--baseline", str(base), "--accuracy-tolerance", "5"]) == 1
     assert main(["compare", str(new), "--baseline", str(base), "--accuracy-tolerance", "-1"]) == 2
     capsys.readouterr()
+
+
+def on(records, name):
+    for r in records:
+        r["env"] = {"device_name": name}
+    return records
+
+
+def test_baselines_are_kept_per_machine():
+    # on this machine the hybrid is relatively slower than on the one the first baseline came from
+    amd, intel = on(run(), "AMD EPYC (2 cpus, 1 threads)"), on(run(slow="hybrid", factor=0.6), "Xeon (2 cpus, 1 threads)")
+    new = on(run(speed=0.9, slow="hybrid", factor=0.6), "Xeon (2 cpus, 1 threads)")
+    # against the other machine's records alone: timings shown, not gated; counts still gated
+    rows = compare(new, amd, reference={"arch": "transformer"})
+    timing = [r for r in rows if r.metric.startswith("prefill_tok_s") and not r.cell.startswith("arch=transformer")]
+    assert timing and all(r.verdict == "info" and r.note == OTHER_MACHINE for r in timing)
+    new[0]["metrics"]["tokens_after_compression"] = 1
+    assert [r.metric for r in compare(new, amd) if r.verdict == "REGRESSION"] == ["tokens_after_compression"]
+    new[0]["metrics"]["tokens_after_compression"] = 1089
+    # both machines' records in one file, in either order: compared with this machine's, and gated
+    for both in (amd + intel, intel + amd):
+        rows = compare(new, both, reference={"arch": "transformer"})
+        assert not [r for r in rows if r.verdict == "REGRESSION" or r.note]
+        slower = on(run(speed=0.9, slow="hybrid", factor=0.4), "Xeon (2 cpus, 1 threads)")
+        bad = {r.cell for r in compare(slower, both, reference={"arch": "transformer"}) if r.verdict == "REGRESSION"}
+        assert bad == {"arch=hybrid frames=16", "arch=hybrid frames=64"}
+    # records that name no machine match any
+    assert not [r for r in compare(new, run(slow="hybrid", factor=0.6), reference={"arch": "transformer"}) if r.note]
+
+
+def test_cli_says_when_timings_were_not_gated(tmp_path, capsys):
+    base, new = tmp_path / "base.jsonl", tmp_path / "new.jsonl"
+    base.write_text("".join(json.dumps(r) + "\n" for r in on(run(), "machine A")))
+    new.write_text("".join(json.dumps(r) + "\n" for r in on(run(slow="mamba", factor=0.5), "machine B")))
+    assert main(["compare", str(new), "--baseline", str(base), "--reference", "arch=transformer"]) == 0
+    err = capsys.readouterr().err
+    assert "timings not gated" in err and "machine B" in err

@@ -59,14 +59,19 @@ def add_commands(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from bench.reporting.compare import compare, parse_reference, render_rows
+    from bench.reporting.compare import OTHER_MACHINE, compare, machine, parse_reference, render_rows
     from bench.records import iter_records
 
-    rows = compare(list(iter_records(args.new)), list(iter_records(args.baseline)),
+    new = list(iter_records(args.new))
+    rows = compare(new, list(iter_records(args.baseline)),
                    tolerance=args.tolerance, memory_tolerance=args.memory_tolerance,
                    reference=parse_reference(args.reference), accuracy_tolerance=args.accuracy_tolerance)
     bad = [r for r in rows if r.verdict == "REGRESSION"]
     print(render_rows(bad if args.only_regressions else rows))
+    if any(r.note == OTHER_MACHINE for r in rows):
+        here = ", ".join(sorted({machine(r) or "?" for r in new}))
+        print(f"timings not gated: {args.baseline} has no records from {here}; "
+              f"append this run's records to it to gate timings on this machine", file=sys.stderr)
     if bad:
         raise CheckFailed(f"{len(bad)} regression(s) against {args.baseline}")
     print(f"no regressions against {args.baseline} ({len(rows)} checks)")

@@ -28,6 +28,14 @@ gated by kind:
 
 A cell whose status gets worse (ok -> oom/error) is a regression. Cells present in only
 one file are reported; a baseline cell missing from the new run fails the gate.
+
+**Machines.** Timings relative to a reference cancel a machine's overall speed, not its shape: on
+another CPU (another vendor, another vector unit) a Mamba scan and an attention matmul speed up by
+different factors. So a baseline file may hold one set of records per machine (``env.device_name``),
+appended one after another, and the new run is compared with the records of its own machine. When
+the baseline has none from that machine, timings are shown with the note :data:`OTHER_MACHINE` and
+not gated; counts, work counters, memory and status still are. Records without a machine name
+match any machine.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ MEMORY = catalogue.gated(catalogue.MEMORY)  # metric -> higher is better
 TIMING = catalogue.gated(catalogue.TIMING)
 IGNORED_SPEC = ("warmup", "repeats")
 TASK_COUNTS = ("n", "n_total", "chance")
+OTHER_MACHINE = "baseline timed on another machine: not gated"
 
 
 def parse_reference(text: str | None) -> dict[str, str]:
@@ -77,6 +86,23 @@ def _index(records: list[dict], name: str) -> dict[tuple, dict]:
     if not out:
         raise UserError(f"no records in {name}")
     return out
+
+
+def machine(record: dict) -> str | None:
+    return (record.get("env") or {}).get("device_name")
+
+
+def same_machine(new: list[dict], baseline: list[dict]) -> tuple[list[dict], list[str]]:
+    """The baseline records to compare ``new`` with: those of the new run's machine(s) when the baseline
+    has any, else all of them. Also the baseline's machines when none is the new run's (timings are
+    then not gated), else ``[]``."""
+    mine = {machine(r) for r in new} - {None}
+    theirs = {machine(r) for r in baseline} - {None}
+    if not mine or not theirs:
+        return baseline, []
+    if mine & theirs:
+        return [r for r in baseline if machine(r) in mine or machine(r) is None], []
+    return baseline, sorted(theirs)
 
 
 def _reference_of(record: dict, reference: dict[str, str], index: dict[tuple, dict]) -> dict | None:
@@ -219,6 +245,7 @@ def task_rows(label: str, old: dict, new: dict, points: float) -> list[Row]:
 def compare(new: list[dict], baseline: list[dict], *, tolerance: float = 0.10, memory_tolerance: float = 0.05,
             reference: dict[str, str] | None = None, accuracy_tolerance: float = 2.0) -> list[Row]:
     reference = reference or {}
+    baseline, elsewhere = same_machine(new, baseline)
     new_ix, base_ix = _index(new, "the new run"), _index(baseline, "the baseline")
     every = list(base_ix.values()) + [r for k, r in new_ix.items() if k not in base_ix]
     varying = spec_varying(every)
@@ -263,10 +290,11 @@ def compare(new: list[dict], baseline: list[dict], *, tolerance: float = 0.10, m
                 if o and n:
                     ratio, ci, verdict = _judge_interval(n, o, higher, tolerance)
                     rows.append(Row(label, f"{metric} / reference", statistics.median(o), statistics.median(n),
-                                    ratio, verdict, ci=ci))
+                                    ratio, "info" if elsewhere else verdict, OTHER_MACHINE if elsewhere else "", ci))
                     continue
             ratio, ci, verdict = _judge_interval(_values(cur, metric), _values(old, metric), higher, tolerance)
-            rows.append(Row(label, metric, om[metric], nm[metric], ratio, "info" if is_reference else verdict, ci=ci))
+            rows.append(Row(label, metric, om[metric], nm[metric], ratio,
+                            "info" if is_reference or elsewhere else verdict, OTHER_MACHINE if elsewhere else "", ci))
     for key, cur in new_ix.items():
         if key not in base_ix:
             rows.append(Row(_label(cur, varying), "cell", "missing", "present", None, "info"))
