@@ -21,6 +21,7 @@ Compressors' own FLOPs (scoring, TransV's cross-attention) are not counted.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import torch
@@ -220,7 +221,9 @@ def device_peaks(device: str, dtype: str, device_name: str) -> dict:
         cached[key] = _probe(device, getattr(torch, dtype))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(cached, indent=1))
+            part = path.with_name(f"{path.name}.{os.getpid()}.part")  # whole or not at all: processes share it
+            part.write_text(json.dumps(cached, indent=1))
+            os.replace(part, path)
         except OSError:
             pass
     return cached[key]
