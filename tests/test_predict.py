@@ -54,7 +54,8 @@ def measured_peak_bytes(spec) -> int:
                                                 prompt_tokens=spec.prompt_tokens,
                                                 vocab_size=model.backbone.config.vocab_size, device="cpu",
                                                 dtype=model.backbone.dtype,
-                                                image_size=model.vision.image_size if model.vision else None)
+                                                image_size=model.backbone.frame_size if model.backbone.takes_frames
+                                                else model.vision.image_size if model.vision else None)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         runner.one_pass(spec, model, request)
     events = list(prof.profiler.kineto_results.events())
@@ -96,6 +97,13 @@ CASES = [
     dict(arch="hybrid", preset="tiny", frames=20, compressor="none", vision="siglip", frame_batch=8),
     dict(arch="transformer", preset="tiny", frames=12, compressor="uniform:layer=2,p=0.5", vision="siglip",
          dtype="bfloat16"),
+    # the real video LLMs: their own processor, tower and projector (DeepStack, RADIO, SigLIP), then the LLM
+    dict(arch="qwen3_vl", preset="tiny", frames=8, compressor="none"),
+    dict(arch="qwen3_vl", preset="tiny", frames=16, compressor="none", logits="all", dtype="bfloat16",
+         prefill_chunk=64),
+    dict(arch="qwen3_vl_moe", preset="tiny", frames=8, compressor="td:schedule=uni_1_0.5"),
+    dict(arch="llava_onevision", preset="tiny", frames=8, compressor="uniform:layer=1,p=0.5"),
+    dict(arch="nemotron_h_omni", preset="tiny", frames=16, compressor="attention:layer=1,p=0.5", prefill_chunk=64),
 ]
 
 
@@ -108,8 +116,13 @@ def test_predicted_peak_equals_measured_cpu_allocations(case):
     assert abs(predicted["peak_bytes"] - measured) <= TOLERANCE * measured, (predicted["peak_bytes"], measured)
     parts = predicted["parts"]
     assert sum(parts.values()) == predicted["peak_bytes"] and min(parts.values()) >= 0
-    model = runner.build_model(spec).backbone.model
-    assert parts["weights_bytes"] == sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    backbone = runner.build_model(spec).backbone
+    model = backbone.model
+    weights = parts["weights_bytes"] + (parts["vision_weights_bytes"] if backbone.takes_frames else 0)
+    assert weights == sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    if backbone.takes_frames:  # the family's tower and projector are its vision side
+        assert parts["vision_weights_bytes"] == sum(p.numel() * p.element_size() for m in backbone.vision_modules()
+                                                    for p in (*m.parameters(), *m.buffers()))
 
 
 def test_kv_bytes_per_token_of_paper_presets_equal_the_closed_form():
@@ -209,6 +222,7 @@ def test_predict_command_prints_predicted_numbers_and_records(tmp_path, capsys):
     (["--frame-batch", "4"], "needs --vision siglip"),
     (["--logits-dtype", "float32"], "needs --logits all"),
     (["--logits", "all", "--logits-dtype", "fp8"], "unknown --logits-dtype"),
+    (["--arch", "qwen3_vl", "--vision", "siglip"], "runs its own tower"),
 ])
 def test_predict_bad_input_is_one_line_exit_2(argv, message, capsys):
     code = main(["predict", "--arch", "hybrid", "--preset", "tiny", "--no-max-frames", *argv])
@@ -277,7 +291,7 @@ def test_logits_all_keeps_the_last_positions_logits_and_the_default_spec_key():
     assert make_spec(dict(arch="hybrid", logits="all")).to_dict()["logits"] == "all"
 
 
-def test_predict_refuses_the_real_families_in_one_line(capsys):
-    code = main(["predict", "--arch", "qwen3_vl", "--preset", "tiny", "--no-max-frames"])
-    err = capsys.readouterr().err
-    assert code == 2 and "not predicted yet" in err and len(err.strip().splitlines()) == 1
+def test_predict_a_real_family_through_its_own_processor_and_tower(capsys):
+    assert main(["predict", "--arch", "qwen3_vl", "--preset", "tiny", "--frames", "8", "--no-max-frames"]) == 0
+    out = capsys.readouterr().out
+    assert "8 frames through its own processor and tower" in out and "vision side" in out and "predicted" in out

@@ -59,6 +59,7 @@ class FamilyBackbone(Backbone):
     takes_frames = True
     frame_sizes: ClassVar[dict[str, int]] = {}  # preset -> side of the frames handed to the processor
     text_layers_path: ClassVar[str]  # attribute path from the library model to the text decoder
+    vision_paths: ClassVar[tuple[str, ...]]  # attribute paths to the vision tower and projector
     head_path: ClassVar[str] = "lm_head"
 
     def __init__(self, model: nn.Module, processor=None, preset: str | None = None, checkpoint: str | None = None):
@@ -100,15 +101,21 @@ class FamilyBackbone(Backbone):
         if checkpoint:
             config = cls.check_checkpoint(checkpoint)
             model = load_model(cls.model_class, checkpoint, config=config, dtype=dtype)
-            processor = load_processor(checkpoint)
-            return cls(model.to(device), processor, checkpoint=str(checkpoint))
-        from architectures.families.offline import make_processor
-
+            return cls(model.to(device), cls.make_processor(config, checkpoint), checkpoint=str(checkpoint))
         config = cls.make_config(preset)
         torch.manual_seed(seed)
         with torch.device(device):  # built in the target dtype: no fp32 copy ever exists
             model = cls.model_class._from_config(config, dtype=dtype)
-        return cls(model, make_processor(cls.family, config), preset=preset)
+        return cls(model, cls.make_processor(config), preset=preset)
+
+    @classmethod
+    def make_processor(cls, config, checkpoint: str | None = None):
+        """The checkpoint's processor, or one built offline for a preset's ``config``."""
+        if checkpoint:
+            return load_processor(checkpoint)
+        from architectures.families.offline import make_processor
+
+        return make_processor(cls.family, config)
 
     @classmethod
     def skeleton(cls, preset: str | None = None, checkpoint: str | None = None) -> "FamilyBackbone":
@@ -149,6 +156,16 @@ class FamilyBackbone(Backbone):
         for part in self.text_layers_path.split("."):
             module = getattr(module, part)
         return module
+
+    def vision_modules(self) -> list[nn.Module]:
+        """The library model's vision tower and projector (what turns pixels into LLM features)."""
+        out = []
+        for path in self.vision_paths:
+            module = self.model
+            for part in path.split("."):
+                module = getattr(module, part)
+            out.append(module)
+        return out
 
     @property
     def head(self) -> nn.Linear:

@@ -36,6 +36,7 @@ class LlavaOneVision(FamilyBackbone):
     config_class = LlavaOnevisionConfig
     model_class = LlavaOnevisionForConditionalGeneration
     text_layers_path = "model.language_model"
+    vision_paths = ("model.vision_tower", "model.multi_modal_projector")
     frame_sizes = {"tiny": 56, "small": 112, "paper": 384}
     presets = {
         "tiny": _preset(256, 64, 4, 4, 2, 128, 32, 64, 2, 2, 56, 14),

@@ -52,6 +52,7 @@ class NemotronOmni(FamilyBackbone):
     config_class = NemotronH_Omni_Reasoning_V3_Config
     model_class = NemotronH_Omni_Reasoning_V3
     text_layers_path = "language_model.model"
+    vision_paths = ("vision_model", "multi_modal_projector")
     head_path = "language_model.lm_head"
     frame_sizes = {"tiny": 64, "small": 128, "paper": 512}
     presets = {

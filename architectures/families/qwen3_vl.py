@@ -43,6 +43,7 @@ class Qwen3VL(FamilyBackbone):
     config_class = Qwen3VLConfig
     model_class = Qwen3VLForConditionalGeneration
     text_layers_path = "model.language_model"
+    vision_paths = ("model.visual",)  # the tower, its merger and the DeepStack mergers
     frame_sizes = {"tiny": 64, "small": 128, "paper": 448}
     presets = {
         "tiny": dict(text_config=_text(256, 64, 4, 4, 2, 16, 128, [2, 3, 3]),

@@ -193,9 +193,13 @@ def summary(record: dict) -> str:
     gpu = m.get("gpu")
     where = (f"{gpu['name']} ({_gib(gpu['memory_bytes'])}, {gpu['bf16_tflops']:g} TFLOP/s bf16 dense, "
              f"{gpu['bandwidth_bytes_s'] / 1e12:g} TB/s; {gpu['source']})" if gpu else "CPU")
+    from architectures import ARCHITECTURES
+
+    per_frame = ("through its own processor and tower" if ARCHITECTURES.get(s["arch"]).takes_frames
+                 else f"x {s['tokens_per_frame']} tokens")
     lines = [
-        f"{s['arch']}/{s['checkpoint'] or s['preset']} {s['compressor']}, {s['frames']} frames x "
-        f"{s['tokens_per_frame']} tokens ({m['input_tokens']} input tokens, {m['tokens_after_compression']} after "
+        f"{s['arch']}/{s['checkpoint'] or s['preset']} {s['compressor']}, {s['frames']} frames {per_frame} "
+        f"({m['input_tokens']} input tokens, {m['tokens_after_compression']} after "
         f"compression), batch {s['batch']}, {s['dtype']}{_logits(s)}, on {where}",
         f"  predicted peak allocated: {_gib(m['predicted_peak_mem_bytes'])} = weights {_gib(p['weights_bytes'])}"
         + (f" + vision side {_gib(p['vision_weights_bytes'])} + frames {_gib(p['frames_bytes'])}"

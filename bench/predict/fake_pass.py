@@ -8,6 +8,13 @@ tensor storage: a storage is counted when an op first returns it and uncounted b
 weakref finalizer when the last tensor using it dies, which is what a caching allocator's
 "allocated" counter sees. Weights and the request are registered first.
 
+A real video LLM (``qwen3_vl``, ``qwen3_vl_moe``, ``llava_onevision``, ``nemotron_h_omni``) runs its
+own processor, tower and projector on fake frames under ``bench.predict.real_layout.RealLayout``:
+the token layout (placeholder ids, video grid, 3-D positions, masks) is computed for real, the
+data stays fake. Its tower and projector are reported as the vision side. The processor's
+tensors are counted as if on the device (on a GPU they are in host memory); they are freed
+before the LLM runs, where the peak of a paper-size model is.
+
 ``target="gpu"`` swaps in the GPU kernels' allocation patterns (``bench.predict.gpu_kernels``);
 ``target="cpu"`` runs this CPU build's own code paths, which is what the tests compare
 with the real allocations of a CPU run.
@@ -26,6 +33,7 @@ from torch.utils._pytree import tree_flatten
 
 from bench.measure.cost import cache_bytes
 from bench.errors import UserError
+from bench.predict.real_layout import RealLayout
 
 
 class LiveBytes(TorchDispatchMode):
@@ -40,7 +48,7 @@ class LiveBytes(TorchDispatchMode):
 
     def add(self, tensor) -> int:
         """Count ``tensor``'s storage if it is not counted yet; returns the bytes added."""
-        if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
+        if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided or tensor.device.type == "meta":
             return 0
         storage = tensor.untyped_storage()
         key = storage._cdata
@@ -96,6 +104,18 @@ def _register(tracker: LiveBytes, module) -> int:
     return sum(tracker.add(t) for t in (*module.parameters(), *module.buffers()))
 
 
+def _fake_from_meta(module: nn.Module) -> nn.Module:
+    """``module`` (built on the meta device) with every parameter and buffer a fake tensor on the fake CPU."""
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is not None:
+                sub._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype), requires_grad=False)
+        for name, b in list(sub._buffers.items()):
+            if b is not None:
+                sub._buffers[name] = torch.empty(b.shape, dtype=b.dtype)
+    return module
+
+
 def _vision_side(spec, backbone, dtype):
     """The own SigLIP side (tower, ToMe, projector) of ``--vision siglip``, built fake in the model's dtype."""
     if spec.vision != "siglip":
@@ -103,14 +123,8 @@ def _vision_side(spec, backbone, dtype):
     from architectures.vision import VisionSide
 
     # built on meta (its initialisers read values), then every parameter and buffer made a fake tensor
-    vision = VisionSide(spec.preset, backbone.hidden_size, spec.tokens_per_frame, dtype=dtype, device="meta")
-    for module in vision.modules():
-        for name, p in list(module._parameters.items()):
-            if p is not None:
-                module._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype), requires_grad=False)
-        for name, b in list(module._buffers.items()):
-            if b is not None:
-                module._buffers[name] = torch.empty(b.shape, dtype=b.dtype)
+    vision = _fake_from_meta(VisionSide(spec.preset, backbone.hidden_size, spec.tokens_per_frame, dtype=dtype,
+                                        device="meta"))
     if spec.frame_batch is not None:
         vision.frame_batch = spec.frame_batch
     return vision
@@ -119,6 +133,8 @@ def _vision_side(spec, backbone, dtype):
 def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm", autotune: bool = True) -> dict:
     """Peak allocated bytes of one pass of ``spec`` (as ``bench.measure.runner.one_pass`` runs it), by part."""
     from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from transformers.initialization import no_init_weights
 
     from architectures import ARCHITECTURES
     from bench.predict.gpu_kernels import backend, gpu_kernels
@@ -132,9 +148,9 @@ def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm", autotun
     dtype = getattr(torch, spec.resolved_dtype)
     run_spec = spec.replace(device="cpu", dtype=spec.resolved_dtype)
     arch = ARCHITECTURES.get(spec.arch)
-    if arch.takes_frames:
-        raise UserError(f"predict covers the own backbones (transformer, mamba, hybrid): {spec.arch}'s processor "
-                        "and vision tower are not predicted yet")
+    if spec.vision == "siglip" and arch.takes_frames:
+        raise UserError(f"--vision siglip builds the own backbones' SigLIP side; {spec.arch} runs its own tower "
+                        "(predicted with it, without --vision)")
     if spec.vision == "siglip" and spec.checkpoint:
         raise UserError("predict --vision siglip builds the SigLIP side of a preset (--preset), not a checkpoint's")
     caches: list = []
@@ -144,20 +160,28 @@ def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm", autotun
         at_peak.update(cache_bytes(caches[-1]) if caches else {})
 
     tracker = LiveBytes(on_peak=snapshot)
-    with FakeTensorMode(), _replace_on_to():
-        config = arch.check_checkpoint(spec.checkpoint) if spec.checkpoint else arch.make_config(spec.preset)
-        with torch.device("cpu"):  # in the model's dtype, as Backbone.build does (float32 buffers stay float32)
+    config = arch.check_checkpoint(spec.checkpoint) if spec.checkpoint else arch.make_config(spec.preset)
+    # a real video LLM's processor and model code compute its token layout from real integers
+    layout = RealLayout() if arch.takes_frames else nullcontext()
+    extra = (arch.make_processor(config, spec.checkpoint),) if arch.takes_frames else ()
+    with FakeTensorMode(allow_non_fake_inputs=arch.takes_frames), layout, _replace_on_to():
+        # in the model's dtype, as Backbone.build does (float32 buffers stay float32); the real families' tower
+        # initialisers read values (truncated normals), which fake weights need not have
+        with torch.device("cpu"), no_init_weights() if arch.takes_frames else nullcontext():
             model = arch.model_class._from_config(config, dtype=dtype)
-        backbone = arch(model.eval(), preset=spec.preset, checkpoint=spec.checkpoint)
+        backbone = arch(model.eval(), *extra, preset=spec.preset, checkpoint=spec.checkpoint)
         compressor = make_compressor(spec.compressor)
+        backbone.check_compressor(compressor)
         compressor.check(backbone)
         compressor.prepare(backbone)
         vision = _vision_side(spec, backbone, dtype)
+        # a real family's tower and projector are in its model: counted first, as the vision side
+        vision_bytes = sum(_register(tracker, m) for m in backbone.vision_modules()) if arch.takes_frames else 0
         weights = _register(tracker, backbone.model)
-        vision_bytes = _register(tracker, vision)
+        vision_bytes += _register(tracker, vision)
         compressor_bytes = _register(tracker, getattr(compressor, "cross", None))
-        frames = None if vision is None else \
-            torch.empty((spec.batch, spec.frames, 3, vision.image_size, vision.image_size), dtype=dtype)
+        side = backbone.frame_size if arch.takes_frames else vision.image_size if vision is not None else None
+        frames = None if side is None else torch.empty((spec.batch, spec.frames, 3, side, side), dtype=dtype)
         request = Request(bos_id=1, frames=frames,
                           prompt_ids=torch.zeros((spec.batch, spec.prompt_tokens), dtype=torch.long))
         frames_bytes = tracker.add(frames)
@@ -191,8 +215,9 @@ def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm", autotun
         tracker.peak = tracker.live
         kernels = gpu_kernels(mamba, autotune) if target == "gpu" else nullcontext()
         steps = min(spec.new_tokens, 2)
+        pass_spec = run_spec.replace(new_tokens=steps)  # validating a spec builds a skeleton: not in the pass
         with kernels, tracker:
-            result = one_pass(run_spec.replace(new_tokens=steps), Model(backbone, vision, compressor), request)
+            result = one_pass(pass_spec, Model(backbone, vision, compressor), request)
     # Every decode step adds one token to each attention layer's cache and otherwise repeats the last one,
     # so the peak of step N is step 2's plus (N - 2) times the growth from step 1 to step 2.
     (peak, at), *decode = stage_peaks
