@@ -295,3 +295,13 @@ def test_predict_a_real_family_through_its_own_processor_and_tower(capsys):
     assert main(["predict", "--arch", "qwen3_vl", "--preset", "tiny", "--frames", "8", "--no-max-frames"]) == 0
     out = capsys.readouterr().out
     assert "8 frames through its own processor and tower" in out and "vision side" in out and "predicted" in out
+
+
+def test_predict_a_family_checkpoint(family_checkpoints, capsys):
+    """A checkpoint written by the library's save_pretrained: its config and processor, its tower in the prediction."""
+    path = str(family_checkpoints["llava_onevision"])
+    assert main(["predict", "--arch", "llava_onevision", "--checkpoint", path, "--frames", "4", "--no-max-frames",
+                 "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    parts = record["metrics"]["predicted_parts"]
+    assert record["spec"]["checkpoint"] == path and parts["vision_weights_bytes"] > 0 and parts["frames_bytes"] > 0
