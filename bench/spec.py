@@ -39,7 +39,7 @@ class CellSpec:
     decoder: str = DEFAULT_DECODER  # video decoder for tasks that decode videos (tasks.video.DECODERS)
     logits: str = "last"  # the prefill's LM head: the last position, or every position (the library's forward)
     logits_dtype: str | None = None  # with logits "all": None = the head's dtype, "float32" = an upcast
-    frame_batch: int | None = None  # with vision "siglip": frames through the tower at once (None: VisionSide's)
+    frame_batch: int | None = None  # frames through the tower at once (None: VisionSide's 32, a family's whole video)
 
     @property
     def resolved_dtype(self) -> str:
@@ -141,11 +141,12 @@ def _validate(s: CellSpec) -> None:
         raise UserError(f"unknown --logits-dtype {s.logits_dtype!r}; valid: {', '.join(DTYPES)}")
     if s.logits_dtype is not None and s.logits != "all":
         raise UserError("--logits-dtype sets the dtype of every position's logits: it needs --logits all")
-    if s.frame_batch is not None and s.vision != "siglip":
-        raise UserError("--frame-batch sets how many frames go through the vision tower at once: it needs --vision siglip")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", s.device):
         raise UserError(f"unknown device {s.device!r}; valid: cpu, cuda, cuda:N")
     arch = ARCHITECTURES.get(s.arch)
+    if s.frame_batch is not None and s.vision != "siglip" and not arch.takes_frames:
+        raise UserError("--frame-batch sets how many frames go through the vision tower at once: it needs --vision "
+                        "siglip or a real video LLM (its own tower)")
     if not s.checkpoint and s.preset not in arch.presets:
         raise UserError(f"unknown preset {s.preset!r} for {s.arch}; valid: {', '.join(arch.presets)}")
     if arch.takes_frames and s.batch != 1:

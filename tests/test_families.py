@@ -299,3 +299,22 @@ def test_record_counts_what_reaches_the_llm_on_a_pruning_checkpoint(checkpoints,
     assert pruned["tokens_after_compression"] == pruned["input_tokens"]
     assert dropped["tokens_after_compression"] == dropped["input_tokens"] - dropped["vision_tokens"] // 2
     assert pruned["cost"] and dropped["cost"]
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+@pytest.mark.parametrize("frame_batch", [1, 3])
+def test_frame_batches_through_the_tower_equal_the_whole_video(arch, frame_batch, checkpoints):
+    """--frame-batch: the tower and projector one batch of frames (whole temporal patches) at a time give the
+    features, DeepStack features and logits of the whole video at once (7 frames: a last, shorter batch)."""
+    bb = ARCHITECTURES.get(arch).build(checkpoint=checkpoints[arch])
+    inputs = bb.processor_inputs(Clip.consecutive(frames(7)), PROMPT)
+    whole = bb.encode(inputs)
+    bb.frame_batch = frame_batch
+    batched = bb.encode(inputs)
+    torch.testing.assert_close(batched.state.hidden, whole.state.hidden, rtol=1e-5, atol=1e-5)
+    for a, b in zip(batched.state.per_vision.get("deepstack", []), whole.state.per_vision.get("deepstack", []),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    ours, _ = prefill(bb, None, state=batched.state)
+    ref, _ = prefill(bb, None, state=whole.state)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)

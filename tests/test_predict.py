@@ -104,6 +104,9 @@ CASES = [
     dict(arch="qwen3_vl_moe", preset="tiny", frames=8, compressor="td:schedule=uni_1_0.5"),
     dict(arch="llava_onevision", preset="tiny", frames=8, compressor="uniform:layer=1,p=0.5"),
     dict(arch="nemotron_h_omni", preset="tiny", frames=16, compressor="attention:layer=1,p=0.5", prefill_chunk=64),
+    # --frame-batch on a family: its own tower a few frames at a time
+    dict(arch="qwen3_vl", preset="tiny", frames=16, compressor="none", frame_batch=4),
+    dict(arch="llava_onevision", preset="tiny", frames=12, compressor="none", frame_batch=5, dtype="bfloat16"),
 ]
 
 

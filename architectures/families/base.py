@@ -59,6 +59,7 @@ class FamilyBackbone(Backbone):
     takes_frames = True
     frame_sizes: ClassVar[dict[str, int]] = {}  # preset -> side of the frames handed to the processor
     text_layers_path: ClassVar[str]  # attribute path from the library model to the text decoder
+    frame_batch: int | None = None  # frames through the tower at once (None: the whole video, as the library does)
     vision_paths: ClassVar[tuple[str, ...]]  # attribute paths to the vision tower and projector
     head_path: ClassVar[str] = "lm_head"
 
@@ -156,6 +157,15 @@ class FamilyBackbone(Backbone):
         for part in self.text_layers_path.split("."):
             module = getattr(module, part)
         return module
+
+    def frame_spans(self, units: int, frames_per_unit: int = 1) -> list[tuple[int, int]]:
+        """[start, stop) ranges of a video's ``units`` (frames, or temporal patches of ``frames_per_unit``
+        frames) that go through the tower together: all at once, or about ``frame_batch`` frames at a time
+        (whole units). Every tower here encodes each unit on its own, so the features are the same."""
+        if self.frame_batch is None:
+            return [(0, units)]
+        step = -(-self.frame_batch // frames_per_unit)
+        return [(a, min(a + step, units)) for a in range(0, units, step)]
 
     def vision_modules(self) -> list[nn.Module]:
         """The library model's vision tower and projector (what turns pixels into LLM features)."""

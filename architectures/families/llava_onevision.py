@@ -54,9 +54,11 @@ class LlavaOneVision(FamilyBackbone):
         dev, cfg = self.device, self.vlm_config
         ids = inputs["input_ids"].to(dev)
         pixels = inputs["pixel_values_videos"].to(dev, self.dtype)
-        out = self.model.model.get_video_features(pixels, vision_feature_layer=cfg.vision_feature_layer,
-                                                  vision_feature_select_strategy=cfg.vision_feature_select_strategy)
-        features = out.pooler_output.flatten(0, 1)  # frames x pooled tokens, then the newline
+        parts = [self.model.model.get_video_features(pixels[:, a:b], vision_feature_layer=cfg.vision_feature_layer,
+                                                     vision_feature_select_strategy=cfg.vision_feature_select_strategy
+                                                     ).pooler_output for a, b in self.frame_spans(pixels.shape[1])]
+        # frames x pooled tokens, then the newline (each batch's ends it; one ends the video)
+        features = torch.cat([p[:, :-1] for p in parts[:-1]] + parts[-1:], dim=1).flatten(0, 1)
         slots = ids[0] == cfg.video_token_index
         embeds = self._place(ids, slots, features)
         newline = slots.nonzero().max()

@@ -73,8 +73,11 @@ class NemotronOmni(FamilyBackbone):
         return config.text_config.n_routed_experts, config.text_config.num_experts_per_tok
 
     def video_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[frames, 3, H, W] -> [temporal patches, tokens per patch, hidden] (the library's tower + projector)."""
-        return self.model.get_video_features(pixels).pooler_output
+        """[frames, 3, H, W] -> [temporal patches, tokens per patch, hidden] (the library's tower + projector),
+        ``frame_batch`` frames (whole temporal patches) at a time."""
+        tp = self.model.video_temporal_patch_dim
+        spans = self.frame_spans(-(-len(pixels) // tp), tp)
+        return torch.cat([self.model.get_video_features(pixels[a * tp:b * tp]).pooler_output for a, b in spans])
 
     def encode(self, inputs, compressor=None) -> Prompt:
         from compressors.evs import evs_keep

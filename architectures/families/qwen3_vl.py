@@ -65,9 +65,7 @@ class Qwen3VL(FamilyBackbone):
         ids = inputs["input_ids"].to(dev)
         grid = inputs["video_grid_thw"].to(dev)
         vm = self.model.model
-        out = vm.get_video_features(inputs["pixel_values_videos"].to(dev), grid)
-        features = torch.cat(out.pooler_output)
-        deepstack = [torch.cat(f).to(self.dtype) for f in out.deepstack_features]
+        features, deepstack = self.video_features(inputs["pixel_values_videos"].to(dev), grid)
         mask = ids[0] == self.vlm_config.video_token_id
         embeds = self._place(ids, mask, features)
         positions, _ = vm.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"].to(dev),
@@ -78,6 +76,19 @@ class Qwen3VL(FamilyBackbone):
         frames[mask] = torch.arange(t, device=dev).repeat_interleave(h * w // merge**2)
         state = TokenState(embeds, positions[:, 0], mask, frames, {"deepstack": deepstack})
         return self.compress_projected(Prompt(ids, state, int(mask.sum())), compressor)
+
+    def video_features(self, pixels: torch.Tensor, grid: torch.Tensor):
+        """Patch rows of one video ([t * h * w, ...], temporal patch outermost) -> its features [tokens, hidden]
+        and DeepStack features (one per chosen tower layer), ``frame_batch`` frames (whole temporal patches)
+        at a time."""
+        t, h, w = (int(x) for x in grid[0])
+        tp = self.vlm_config.vision_config.temporal_patch_size
+        features, deepstack = [], []
+        for a, b in self.frame_spans(t, tp):
+            out = self.model.model.get_video_features(pixels[a * h * w:b * h * w], grid.new_tensor([[b - a, h, w]]))
+            features.append(torch.cat(out.pooler_output))
+            deepstack.append([torch.cat(f) for f in out.deepstack_features])
+        return torch.cat(features), [torch.cat(layer).to(self.dtype) for layer in zip(*deepstack)]
 
     def after_layer(self, i, state):
         deepstack = state.per_vision.get("deepstack")

@@ -27,7 +27,7 @@ CELL_FLAGS = [
     ("--seed", "seed", "random seed (default 0)"),
     ("--logits", "logits", "last (default) | all: the prefill's LM head on every position, as the library's forward"),
     ("--logits-dtype", "logits_dtype", "with --logits all: float32 upcasts them (default: the head's dtype)"),
-    ("--frame-batch", "frame_batch", "with --vision siglip: frames through the tower at once (default 32)"),
+    ("--frame-batch", "frame_batch", "frames through the vision tower at once: with --vision siglip (default 32), or a real video LLM's own tower (default: the whole video)"),
     ("--decoder", "decoder", "video decoder for tasks that decode videos: pyav | decord | torchcodec (default pyav)"),
 ]
 CELL_LABELS = {dest: flag for flag, dest, _ in CELL_FLAGS}  # numbers are checked in bench.spec, as in a TOML file

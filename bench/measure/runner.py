@@ -81,6 +81,8 @@ def build_model(spec: CellSpec) -> Model:
                                 device=spec.device, seed=spec.seed)
         if spec.frame_batch is not None:
             vision.frame_batch = spec.frame_batch
+    if backbone.takes_frames:
+        backbone.frame_batch = spec.frame_batch
     compressor = make_compressor(spec.compressor)
     backbone.check_compressor(compressor)
     compressor.check(backbone)

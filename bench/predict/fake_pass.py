@@ -170,6 +170,8 @@ def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm", autotun
         with torch.device("cpu"), no_init_weights() if arch.takes_frames else nullcontext():
             model = arch.model_class._from_config(config, dtype=dtype)
         backbone = arch(model.eval(), *extra, preset=spec.preset, checkpoint=spec.checkpoint)
+        if arch.takes_frames:
+            backbone.frame_batch = spec.frame_batch
         compressor = make_compressor(spec.compressor)
         backbone.check_compressor(compressor)
         compressor.check(backbone)
