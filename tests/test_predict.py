@@ -308,3 +308,25 @@ def test_predict_a_family_checkpoint(family_checkpoints, capsys):
     record = json.loads(capsys.readouterr().out)
     parts = record["metrics"]["predicted_parts"]
     assert record["spec"]["checkpoint"] == path and parts["vision_weights_bytes"] > 0 and parts["frames_bytes"] > 0
+
+
+def test_a_gpu_prediction_keeps_the_family_processor_on_the_host():
+    """On a GPU a family's processor runs in host memory: nothing it allocates is counted, its pixels come back
+    on the meta device (the model's own .to(device) is the copy that counts) and its ids count as device copies."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from transformers import BatchFeature
+
+    from bench.predict.fake_pass import HostProcessor, LiveBytes
+
+    def processor(text):
+        scratch = torch.empty(1000, 1000)  # the processor's own temporaries
+        del scratch
+        return BatchFeature({"pixel_values_videos": torch.empty(64, 1536),
+                             "input_ids": torch.zeros(1, 10, dtype=torch.long)})
+
+    tracker = LiveBytes()
+    with FakeTensorMode(), tracker:
+        out = HostProcessor(processor, tracker)("hi")
+        assert out["pixel_values_videos"].device.type == "meta" and tracker.peak == 80 == tracker.live
+        on_device = out["pixel_values_videos"].to("cpu", torch.bfloat16)
+        assert tracker.live == 80 + 64 * 1536 * 2 and on_device.dtype == torch.bfloat16

@@ -11,9 +11,9 @@ weakref finalizer when the last tensor using it dies, which is what a caching al
 A real video LLM (``qwen3_vl``, ``qwen3_vl_moe``, ``llava_onevision``, ``nemotron_h_omni``) runs its
 own processor, tower and projector on fake frames under ``bench.predict.real_layout.RealLayout``:
 the token layout (placeholder ids, video grid, 3-D positions, masks) is computed for real, the
-data stays fake. Its tower and projector are reported as the vision side. The processor's
-tensors are counted as if on the device (on a GPU they are in host memory); they are freed
-before the LLM runs, where the peak of a paper-size model is.
+data stays fake. Its tower and projector are reported as the vision side. For a GPU its
+processor runs in host memory (``HostProcessor``: not counted; the pixels count from the
+model's own copy to the device); for the CPU target everything is the same memory.
 
 ``target="gpu"`` swaps in the GPU kernels' allocation patterns (``bench.predict.gpu_kernels``);
 ``target="cpu"`` runs this CPU build's own code paths, which is what the tests compare
@@ -45,6 +45,7 @@ class LiveBytes(TorchDispatchMode):
         self.peak = 0
         self._sizes: dict[int, int] = {}
         self.on_peak = on_peak
+        self.paused = False  # while True, what ops create is not counted (host memory)
 
     def add(self, tensor) -> int:
         """Count ``tensor``'s storage if it is not counted yet; returns the bytes added."""
@@ -69,8 +70,36 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            self.add(t)
+        if not self.paused:
+            for t in tree_flatten(out)[0]:
+                self.add(t)
+        return out
+
+
+class HostProcessor:
+    """A real video LLM's processor as a GPU run has it: on the host. What it allocates is not device memory;
+    its floating outputs (the pixels) come back on the meta device, so the model's own ``.to(device)`` is the
+    copy that counts, in the dtype it asks for; its integer outputs (ids, grid) are counted as their device
+    copies."""
+
+    def __init__(self, processor, tracker: LiveBytes):
+        self._processor, self._tracker = processor, tracker
+
+    def __getattr__(self, name):
+        return getattr(self._processor, name)
+
+    def __call__(self, *args, **kwargs):
+        self._tracker.paused = True
+        try:
+            out = self._processor(*args, **kwargs)
+        finally:
+            self._tracker.paused = False
+        for key, value in out.items():
+            if isinstance(value, torch.Tensor):
+                if value.is_floating_point():
+                    out[key] = torch.empty_like(value, device="meta")
+                else:
+                    self._tracker.add(value)
         return out
 
 
@@ -172,6 +201,8 @@ def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm", autotun
         backbone = arch(model.eval(), *extra, preset=spec.preset, checkpoint=spec.checkpoint)
         if arch.takes_frames:
             backbone.frame_batch = spec.frame_batch
+            if target == "gpu":
+                backbone.processor = HostProcessor(backbone.processor, tracker)
         compressor = make_compressor(spec.compressor)
         backbone.check_compressor(compressor)
         compressor.check(backbone)
