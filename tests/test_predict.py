@@ -316,9 +316,9 @@ def test_a_gpu_prediction_keeps_the_family_processor_on_the_host():
     from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import BatchFeature
 
-    from bench.predict.fake_pass import HostProcessor, LiveBytes
+    from bench.predict.fake_pass import LiveBytes, on_host
 
-    def processor(text):
+    def processor_inputs(text):
         scratch = torch.empty(1000, 1000)  # the processor's own temporaries
         del scratch
         return BatchFeature({"pixel_values_videos": torch.empty(64, 1536),
@@ -326,7 +326,7 @@ def test_a_gpu_prediction_keeps_the_family_processor_on_the_host():
 
     tracker = LiveBytes()
     with FakeTensorMode(), tracker:
-        out = HostProcessor(processor, tracker)("hi")
+        out = on_host(processor_inputs, tracker)("hi")
         assert out["pixel_values_videos"].device.type == "meta" and tracker.peak == 80 == tracker.live
         on_device = out["pixel_values_videos"].to("cpu", torch.bfloat16)
         assert tracker.live == 80 + 64 * 1536 * 2 and on_device.dtype == torch.bfloat16

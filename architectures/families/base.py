@@ -219,12 +219,12 @@ class FamilyBackbone(Backbone):
         seconds``) are those of the sampled frames in the source video."""
         from transformers.video_utils import VideoMetadata
 
-        frames = clip.frames
+        frames = clip.frames.cpu()  # the processor runs on the host: float frames become uint8 there, not on the GPU
         if frames.dtype != torch.uint8:
             frames = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
         metadata = VideoMetadata(total_num_frames=clip.total_frames, fps=clip.fps, duration=clip.duration_s,
                                  frames_indices=list(clip.indices), height=frames.shape[-2], width=frames.shape[-1])
-        return self.processor(text=self.chat_text(prompt), videos=[frames.cpu()], return_tensors="pt",
+        return self.processor(text=self.chat_text(prompt), videos=[frames], return_tensors="pt",
                               video_metadata=metadata, do_sample_frames=False)
 
     def encode(self, inputs, compressor=None) -> Prompt:

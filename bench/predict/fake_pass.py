@@ -12,7 +12,7 @@ A real video LLM (``qwen3_vl``, ``qwen3_vl_moe``, ``llava_onevision``, ``nemotro
 own processor, tower and projector on fake frames under ``bench.predict.real_layout.RealLayout``:
 the token layout (placeholder ids, video grid, 3-D positions, masks) is computed for real, the
 data stays fake. Its tower and projector are reported as the vision side. For a GPU its
-processor runs in host memory (``HostProcessor``: not counted; the pixels count from the
+processor runs in host memory (``on_host``: not counted; the pixels count from the
 model's own copy to the device); for the CPU target everything is the same memory.
 
 ``target="gpu"`` swaps in the GPU kernels' allocation patterns (``bench.predict.gpu_kernels``);
@@ -76,31 +76,27 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
-class HostProcessor:
-    """A real video LLM's processor as a GPU run has it: on the host. What it allocates is not device memory;
-    its floating outputs (the pixels) come back on the meta device, so the model's own ``.to(device)`` is the
-    copy that counts, in the dtype it asks for; its integer outputs (ids, grid) are counted as their device
-    copies."""
+def on_host(processor_inputs, tracker: LiveBytes):
+    """A real video LLM's ``processor_inputs`` as a GPU run has it: on the host. What it allocates (the frames'
+    host copy, the processor's work) is not device memory; its floating outputs (the pixels) come back on the
+    meta device, so the model's own ``.to(device)`` is the copy that counts, in the dtype it asks for; its
+    integer outputs (ids, grid) are counted as their device copies."""
 
-    def __init__(self, processor, tracker: LiveBytes):
-        self._processor, self._tracker = processor, tracker
-
-    def __getattr__(self, name):
-        return getattr(self._processor, name)
-
-    def __call__(self, *args, **kwargs):
-        self._tracker.paused = True
+    def host(*args, **kwargs):
+        tracker.paused = True
         try:
-            out = self._processor(*args, **kwargs)
+            out = processor_inputs(*args, **kwargs)
         finally:
-            self._tracker.paused = False
+            tracker.paused = False
         for key, value in out.items():
             if isinstance(value, torch.Tensor):
                 if value.is_floating_point():
                     out[key] = torch.empty_like(value, device="meta")
                 else:
-                    self._tracker.add(value)
+                    tracker.add(value)
         return out
+
+    return host
 
 
 @contextmanager
@@ -202,7 +198,7 @@ def predict_pass(spec, *, target: str = "gpu", mamba: str = "mamba-ssm", autotun
         if arch.takes_frames:
             backbone.frame_batch = spec.frame_batch
             if target == "gpu":
-                backbone.processor = HostProcessor(backbone.processor, tracker)
+                backbone.processor_inputs = on_host(backbone.processor_inputs, tracker)
         compressor = make_compressor(spec.compressor)
         backbone.check_compressor(compressor)
         compressor.check(backbone)
