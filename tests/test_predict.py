@@ -226,6 +226,8 @@ def test_predict_command_prints_predicted_numbers_and_records(tmp_path, capsys):
     (["--logits-dtype", "float32"], "needs --logits all"),
     (["--logits", "all", "--logits-dtype", "fp8"], "unknown --logits-dtype"),
     (["--arch", "qwen3_vl", "--vision", "siglip"], "runs its own tower"),
+    (["--arch", "qwen3_vl", "--frame-batch", "0"], "--frame-batch"),
+    (["--arch", "qwen3_vl", "--frame-batch", "nan"], "--frame-batch"),
 ])
 def test_predict_bad_input_is_one_line_exit_2(argv, message, capsys):
     code = main(["predict", "--arch", "hybrid", "--preset", "tiny", "--no-max-frames", *argv])
