@@ -153,10 +153,7 @@ class FamilyBackbone(Backbone):
     # --- pieces of the forward pass ----------------------------------------------------------
     @property
     def decoder(self) -> nn.Module:
-        module = self.model
-        for part in self.text_layers_path.split("."):
-            module = getattr(module, part)
-        return module
+        return self.model.get_submodule(self.text_layers_path)
 
     def frame_spans(self, units: int, frames_per_unit: int = 1) -> list[tuple[int, int]]:
         """[start, stop) ranges of a video's ``units`` (frames, or temporal patches of ``frames_per_unit``
@@ -169,20 +166,11 @@ class FamilyBackbone(Backbone):
 
     def vision_modules(self) -> list[nn.Module]:
         """The library model's vision tower and projector (what turns pixels into LLM features)."""
-        out = []
-        for path in self.vision_paths:
-            module = self.model
-            for part in path.split("."):
-                module = getattr(module, part)
-            out.append(module)
-        return out
+        return [self.model.get_submodule(path) for path in self.vision_paths]
 
     @property
     def head(self) -> nn.Linear:
-        module = self.model
-        for part in self.head_path.split("."):
-            module = getattr(module, part)
-        return module
+        return self.model.get_submodule(self.head_path)
 
     @property
     def device(self) -> torch.device:
