@@ -105,17 +105,32 @@ def test_jumping_between_events_equals_stepping():
 
 
 def test_fit_recovers_the_efficiencies():
-    truth = Efficiency(0.6, 0.35, 0.2, 0.004)
-    model = shape(attention=1, mamba=2, state_per_layer=24)
+    """Runs simulated with known efficiencies and fixed times, of a Transformer-like and a hybrid model (the
+    per-Mamba-layer time is only told from the per-step one across models), give them back."""
+    truth = Efficiency(0.6, 0.35, 0.2, 0.004, request_overhead_s=0.0005, mamba_layer_overhead_s=0.001)
     rows = []
-    for prompts, outputs, seqs in (([30] * 8, [20] * 8, 4), ([200] * 2, [5] * 2, 2), ([10] * 6, [90] * 6, 6),
-                                   ([64] * 4, [64] * 4, 1), ([5] * 3, [3] * 3, 3)):
-        s = Simulator(model, 1e3, 1e3, Settings(seqs, 48, 4)).run(prompts, outputs, 10**6)
-        rows.append((s.totals(), float(s.times(truth)[-1])))
+    for model in (shape(attention=2), shape(attention=1, mamba=2, state_per_layer=24)):
+        for prompts, outputs, seqs in (([30] * 8, [20] * 8, 4), ([200] * 2, [5] * 2, 2), ([10] * 6, [90] * 6, 6),
+                                       ([64] * 4, [64] * 4, 1), ([5] * 3, [3] * 3, 3)):
+            s = Simulator(model, 1e3, 1e3, Settings(seqs, 48, 4)).run(prompts, outputs, 10**6)
+            rows.append((s.totals(), float(s.times(truth)[-1])))
     eff, info = fit(rows)
-    for k in ("gemm", "attention", "scan", "step_overhead_s"):
+    for k in ("gemm", "attention", "scan", "step_overhead_s", "request_overhead_s", "mamba_layer_overhead_s"):
         assert getattr(eff, k) == pytest.approx(getattr(truth, k), rel=1e-6)
     assert info["max_relative_error"] < 1e-9
+
+
+def test_a_recurrent_prefill_costs_a_decode_tokens_state_update_per_token():
+    """vLLM-CPU's prefill scan is a token-by-token recurrence: with ``prefill_scan="recurrent"`` a prefill
+    token's Mamba work is a decode token's (its FLOPs, and the state read and written), not chunked SSD."""
+    model = shape(attention=1, mamba=2, state_per_layer=24)
+    chunked = Simulator(model, 1e3, 1e3, Settings(4, 48, 4)).run([40], [1], 10**6)
+    recurrent = Simulator(model, 1e3, 1e3, Settings(4, 48, 4, prefill_scan="recurrent")).run([40], [1], 10**6)
+    # one prefill step of 40 tokens; chunked: max(40 x 2 FLOPs, 2 x 48 state bytes) / 1e3
+    assert chunked.roof["scan"][0] == pytest.approx(max(40 * 2.0, 2 * 48) / 1e3)
+    # recurrent: every token reads and writes the state
+    assert recurrent.roof["scan"][0] == pytest.approx(max(40 * 1.0, 40 * 2 * 48) / 1e3)
+    assert chunked.roof["gemm"][0] == recurrent.roof["gemm"][0]
 
 
 # --- the serve command -----------------------------------------------------------------------

