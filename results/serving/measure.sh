@@ -5,7 +5,8 @@
 # (docs/serving.md). fit.jsonl: the shapes the efficiencies and fixed times are fitted on (throughput only: the fit
 # uses the elapsed time; the long-context shape makes attention's share large enough to identify its efficiency,
 # the 4-request one tells the per-step time from the per-request one); heldout.jsonl: the shapes they are
-# validated on, with TTFT/TPOT from vllm bench serve (the last two force preemption with a small pool).
+# validated on, in three passes, the first with TTFT/TPOT from vllm bench serve (the last two shapes force
+# preemption with a small pool).
 # ./measure.sh fit | heldout | all (default), each file written afresh.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -24,12 +25,16 @@ fit() {
 }
 heldout() {
   rm -f heldout.jsonl
-  for arch in transformer hybrid; do
-    serve --arch $arch --input-len 512 --output-len 128 --num-prompts 16 --max-num-seqs 16 --output heldout.jsonl
-    serve --arch $arch --input-len 2048 --output-len 64 --num-prompts 4 --max-num-seqs 4 --output heldout.jsonl
+  # three passes: the first with TTFT/TPOT (vllm bench serve), the others throughput only; the validation
+  # table compares the simulation with their median
+  for latency in serve off off; do
+    for arch in transformer hybrid; do
+      serve --arch $arch --input-len 512 --output-len 128 --num-prompts 16 --max-num-seqs 16 --latency $latency --output heldout.jsonl
+      serve --arch $arch --input-len 2048 --output-len 64 --num-prompts 4 --max-num-seqs 4 --latency $latency --output heldout.jsonl
+    done
+    serve --arch transformer --input-len 300 --output-len 200 --num-prompts 16 --max-num-seqs 16 --kv-blocks 14 --latency $latency --output heldout.jsonl
+    serve --arch hybrid --input-len 300 --output-len 200 --num-prompts 16 --max-num-seqs 16 --kv-blocks 34 --latency $latency --output heldout.jsonl
   done
-  serve --arch transformer --input-len 300 --output-len 200 --num-prompts 16 --max-num-seqs 16 --kv-blocks 14 --output heldout.jsonl
-  serve --arch hybrid --input-len 300 --output-len 200 --num-prompts 16 --max-num-seqs 16 --kv-blocks 34 --output heldout.jsonl
 }
 case "${1:-all}" in
   fit) fit ;;
