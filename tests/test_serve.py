@@ -325,3 +325,8 @@ def test_real_vllm_engine(tmp_path):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(r["status"] == "ok" and r["metrics"]["generated_tok_s"] > 0 for r in records)
     assert records[0]["env"]["engine"]["vllm"]
+
+
+def test_an_unknown_prefill_scan_is_refused():
+    with pytest.raises(ValueError, match="prefill_scan"):
+        Settings(prefill_scan="chunkd")

@@ -60,7 +60,7 @@ def add_commands(sub) -> None:
                    help="seconds per step for each request it runs (default 0)")
     g.add_argument("--mamba-layer-overhead", type=flags.nonnegative_float,
                    help="seconds per step for each Mamba layer (default 0)")
-    g.add_argument("--calibrate", help="fit the efficiencies and step overhead to the measured engine: vllm records "
+    g.add_argument("--calibrate", help="fit the efficiencies and fixed times to the measured engine: vllm records "
                                        "of this JSONL file, and predict for the CPU they were measured on")
     g.add_argument("--replay", help="with --calibrate: simulate every measured record of this file at its settings")
     p.set_defaults(handler=cmd_serve)

