@@ -244,7 +244,20 @@ def fake_engine(tmp_path, monkeypatch):
     path.chmod(0o755)
     monkeypatch.setenv("VIPERBENCH_VLLM_PYTHON", str(path))
     monkeypatch.setenv("FAKE_ENGINE_LOG", str(tmp_path / "calls.jsonl"))
+    monkeypatch.setenv("VIPERBENCH_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "calls.jsonl"
+
+
+def test_a_preset_is_written_once_and_served_from_one_path(fake_engine, tmp_path):
+    """vLLM keys its compile cache on the model's path: the same preset, dtype and seed is one directory."""
+    base = ["serve", "--engine", "vllm", "--arch", "hybrid", "--preset", "tiny", "--input-len", "32",
+            "--output-len", "4", "--num-prompts", "2", "--latency", "off"]
+    assert main(base) == 0 and main(base) == 0 and main([*base, "--seed", "1"]) == 0
+    models = [c["argv"][c["argv"].index("--model") + 1] for c in map(json.loads, fake_engine.read_text().splitlines())]
+    assert models[0] == models[1] != models[2]
+    cached = sorted(p.name for p in (tmp_path / "cache" / "serve-checkpoints").iterdir())
+    assert len(cached) == 2 and all((tmp_path / "cache" / "serve-checkpoints" / n / "config.json").is_file()
+                                    for n in cached)
 
 
 def test_vllm_driver_runs_the_benchmark_and_records_it(fake_engine, tmp_path):

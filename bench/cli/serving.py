@@ -166,10 +166,8 @@ def _record_spec(args, cell: dict, *, input_len: int, device: str, settings, kv_
 
 def _vllm(args):
     """The measured records, one per cell, yielded as each cell's engine runs end."""
-    import tempfile
-
     from bench.serve import vllm_driver as drv
-    from bench.serve.checkpoint import write_checkpoint
+    from bench.serve.checkpoint import preset_checkpoint
     from bench.servesim.records import serving_record
     from bench.servesim.simulate import engine_defaults, machine, settings_from
 
@@ -182,65 +180,60 @@ def _vllm(args):
     kv_space = args.kv_space or 2**30
     if kv_space % 2**30:
         raise UserError(f"--kv-space {kv_space} bytes: vLLM-CPU takes whole GiB (VLLM_CPU_KVCACHE_SPACE)")
-    with tempfile.TemporaryDirectory(prefix="viperbench-serve-") as tmp:
-        models = {}
-        for arch in dict.fromkeys(c["arch"] for c in cells):
-            if args.checkpoint:
-                models[arch] = args.checkpoint
-            else:
-                from architectures import ARCHITECTURES
-
-                ARCHITECTURES.get(arch)  # an unknown arch: one line naming the known ones
-                models[arch] = str(write_checkpoint(arch, args.preset, f"{tmp}/{arch}-{args.preset}", dtype=args.dtype,
-                                                    seed=args.seed))
-        for cell in cells:
-            drv.check_lengths(models[cell["arch"]], cell["input_len"], cell["output_len"])
-        for cell in cells:
-            settings = settings_from(engine_defaults("cpu"), max_num_seqs=cell["max_num_seqs"],
-                                     max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size)
-            spec = _record_spec(args, cell, input_len=cell["input_len"], device="cpu", settings=settings,
-                                kv_space=kv_space)
-            engine_settings = {"max_num_seqs": settings.max_num_seqs, "block_size": settings.block_size,
-                               "max_num_batched_tokens": settings.max_num_batched_tokens, "dtype": args.dtype,
-                               "VLLM_CPU_KVCACHE_SPACE": kv_space // 2**30, "num_gpu_blocks_override": args.kv_blocks,
-                               "gpu_memory_utilization": args.gpu_memory_utilization,
-                               "enable_prefix_caching": False, "enable_chunked_prefill": True,
-                               "max_model_len": cell["input_len"] + cell["output_len"], "seed": args.seed,
-                               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-                               "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND"),
-                               "benchmark": "vllm bench throughput, --dataset-name random, --random-range-ratio 0: "
-                                            "elapsed_s, generated/total tok/s, requests/s",
-                               "latency_benchmark": None if args.latency == "off" else
-                               "vllm bench serve against vllm serve (same engine settings), --dataset-name random, "
-                               "--random-range-ratio 0, --request-rate inf, --ignore-eos: TTFT/TPOT (mean_, _p50 = "
-                               "median, _p90, _p99), serve_* fields"}
-            env = {"machine": machine(), "device_name": machine()}
-            print(f"  vllm: {cell['arch']} {cell['input_len']}/{cell['output_len']} x{cell['num_prompts']} "
-                  f"max-num-seqs {settings.max_num_seqs} ...", file=sys.stderr, flush=True)
-            run_settings = dict(input_len=cell["input_len"], output_len=cell["output_len"], dtype=args.dtype,
-                                max_num_seqs=settings.max_num_seqs,
-                                max_num_batched_tokens=settings.max_num_batched_tokens,
-                                block_size=settings.block_size, kv_blocks=args.kv_blocks, seed=args.seed,
-                                gpu_memory_utilization=args.gpu_memory_utilization)
-            try:
-                run = drv.run_throughput(python, models[cell["arch"]], kv_space_bytes=kv_space, timeout=args.timeout,
-                                         num_prompts=cell["num_prompts"], **run_settings)
-                latency = None
-                if args.latency == "serve":
-                    latency = drv.run_serve(python, models[cell["arch"]], kv_space_bytes=kv_space,
-                                            timeout=args.timeout, num_prompts=cell["num_prompts"], **run_settings)
-            except drv.EngineFailed as exc:
-                if len(cells) == 1:
-                    raise UserError(str(exc)) from None
-                yield serving_record(spec, "vllm", env, {}, status="error", error=str(exc), settings=engine_settings)
-                continue
-            env["engine"] = run["log"]["engine"]
-            metrics = drv.metrics_from(run, input_len=cell["input_len"], output_len=cell["output_len"],
-                                       num_prompts=cell["num_prompts"])
-            metrics["kv_pool_bytes"] = kv_space
-            if latency is not None:
-                metrics.update(drv.latency_metrics(latency))
-            yield serving_record(spec, "vllm", env, metrics, settings=engine_settings)
+    models = {}
+    for arch in dict.fromkeys(c["arch"] for c in cells):
+        if args.checkpoint:
+            models[arch] = args.checkpoint
+        else:  # an unknown arch or preset: one line naming the known ones
+            models[arch] = str(preset_checkpoint(arch, args.preset, dtype=args.dtype, seed=args.seed))
+    for cell in cells:
+        drv.check_lengths(models[cell["arch"]], cell["input_len"], cell["output_len"])
+    for cell in cells:
+        settings = settings_from(engine_defaults("cpu"), max_num_seqs=cell["max_num_seqs"],
+                                 max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size)
+        spec = _record_spec(args, cell, input_len=cell["input_len"], device="cpu", settings=settings,
+                            kv_space=kv_space)
+        engine_settings = {"max_num_seqs": settings.max_num_seqs, "block_size": settings.block_size,
+                           "max_num_batched_tokens": settings.max_num_batched_tokens, "dtype": args.dtype,
+                           "VLLM_CPU_KVCACHE_SPACE": kv_space // 2**30, "num_gpu_blocks_override": args.kv_blocks,
+                           "gpu_memory_utilization": args.gpu_memory_utilization,
+                           "enable_prefix_caching": False, "enable_chunked_prefill": True,
+                           "max_model_len": cell["input_len"] + cell["output_len"], "seed": args.seed,
+                           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                           "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND"),
+                           "benchmark": "vllm bench throughput, --dataset-name random, --random-range-ratio 0: "
+                                        "elapsed_s, generated/total tok/s, requests/s",
+                           "latency_benchmark": None if args.latency == "off" else
+                           "vllm bench serve against vllm serve (same engine settings), --dataset-name random, "
+                           "--random-range-ratio 0, --request-rate inf, --ignore-eos: TTFT/TPOT (mean_, _p50 = "
+                           "median, _p90, _p99), serve_* fields"}
+        env = {"machine": machine(), "device_name": machine()}
+        print(f"  vllm: {cell['arch']} {cell['input_len']}/{cell['output_len']} x{cell['num_prompts']} "
+              f"max-num-seqs {settings.max_num_seqs} ...", file=sys.stderr, flush=True)
+        run_settings = dict(input_len=cell["input_len"], output_len=cell["output_len"], dtype=args.dtype,
+                            max_num_seqs=settings.max_num_seqs,
+                            max_num_batched_tokens=settings.max_num_batched_tokens,
+                            block_size=settings.block_size, kv_blocks=args.kv_blocks, seed=args.seed,
+                            gpu_memory_utilization=args.gpu_memory_utilization)
+        try:
+            run = drv.run_throughput(python, models[cell["arch"]], kv_space_bytes=kv_space, timeout=args.timeout,
+                                     num_prompts=cell["num_prompts"], **run_settings)
+            latency = None
+            if args.latency == "serve":
+                latency = drv.run_serve(python, models[cell["arch"]], kv_space_bytes=kv_space,
+                                        timeout=args.timeout, num_prompts=cell["num_prompts"], **run_settings)
+        except drv.EngineFailed as exc:
+            if len(cells) == 1:
+                raise UserError(str(exc)) from None
+            yield serving_record(spec, "vllm", env, {}, status="error", error=str(exc), settings=engine_settings)
+            continue
+        env["engine"] = run["log"]["engine"]
+        metrics = drv.metrics_from(run, input_len=cell["input_len"], output_len=cell["output_len"],
+                                   num_prompts=cell["num_prompts"])
+        metrics["kv_pool_bytes"] = kv_space
+        if latency is not None:
+            metrics.update(drv.latency_metrics(latency))
+        yield serving_record(spec, "vllm", env, metrics, settings=engine_settings)
 
 
 # --- --engine sim -------------------------------------------------------------------------------

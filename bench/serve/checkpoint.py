@@ -3,7 +3,41 @@ offline word-level tokenizer over the preset's vocabulary (nothing downloaded)."
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
+
+
+def preset_checkpoint(arch: str, preset: str, *, dtype: str = "bfloat16", seed: int = 0) -> Path:
+    """``arch``'s ``preset`` as a checkpoint in viperbench's cache, written once for each config, dtype, seed
+    and torch/transformers version (what the random weights depend on) and found there afterwards. One
+    directory for the same model every time: vLLM keys its torch.compile cache on the model's path, so a
+    later engine start reuses the compiled graphs (on this CPU, about 20 s instead of 50-85 s)."""
+    import torch
+    import transformers
+
+    from architectures import ARCHITECTURES
+    from bench.cache import cache_dir
+
+    config = ARCHITECTURES.get(arch).make_config(preset).to_json_string(use_diff=False)
+    key = hashlib.sha256("\n".join([config, dtype, str(seed), torch.__version__, transformers.__version__])
+                         .encode()).hexdigest()[:12]
+    path = cache_dir() / "serve-checkpoints" / f"{arch}-{preset}-{dtype}-seed{seed}-{key}"
+    if path.is_dir():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        write_checkpoint(arch, preset, tmp, dtype=dtype, seed=seed)
+        os.rename(tmp, path)  # whole or not at all; another process may have written it first
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
 
 
 def write_checkpoint(arch: str, preset: str, path: str | Path, *, dtype: str = "bfloat16", seed: int = 0) -> Path:
